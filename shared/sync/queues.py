@@ -1,0 +1,90 @@
+"""Queue messages and the producer that puts them on the `sync` queue.
+
+Messages are small JSON documents (ids, never whole records), validated by pydantic on both ends.
+On the wire they are base64-encoded text: that is what the Functions queue trigger expects by
+default (host.json `messageEncoding: base64`), so the SDK producer sets the matching encode policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.sync.storage import StorageAccount
+
+SYNC_QUEUE = "sync"
+SYNC_POISON_QUEUE = "sync-poison"
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartnerCenterChange(_Message):
+    """A referral changed in Partner Center (webhook or reconcile poll): make its link consistent."""
+
+    source: Literal["pc"] = "pc"
+    referral_id: str = Field(min_length=1, max_length=100)
+    event: str = Field(min_length=1, max_length=100, description="webhook event name, or 'reconcile'")
+    received_at: dt.datetime = Field(default_factory=_utc_now)
+
+
+class CrmChange(_Message):
+    """A CRM record changed (CRM poll): make its link consistent."""
+
+    source: Literal["crm"] = "crm"
+    object: Literal["opportunity", "lead"]
+    record_id: str = Field(min_length=1, max_length=100)
+    received_at: dt.datetime = Field(default_factory=_utc_now)
+
+
+SyncRequest = Annotated[PartnerCenterChange | CrmChange, Field(discriminator="source")]
+_sync_request_adapter: TypeAdapter[PartnerCenterChange | CrmChange] = TypeAdapter(SyncRequest)
+
+
+def parse_sync_request(body: str | bytes) -> PartnerCenterChange | CrmChange:
+    """Decode a `sync` queue message body (already base64-decoded); raises pydantic's ValidationError."""
+    return _sync_request_adapter.validate_json(body)
+
+
+def encode_sync_request(message: PartnerCenterChange | CrmChange) -> str:
+    return message.model_dump_json()
+
+
+class QueueProducer:
+    """Sends messages to our queues; creates each queue on first use."""
+
+    def __init__(self, storage: StorageAccount) -> None:
+        self._storage = storage
+        self._created: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _queue(self, name: str) -> Any:
+        client = self._storage.queue_client(name)
+        with self._lock:
+            if name not in self._created:
+                self._storage.ensure_queue(client)
+                self._created.add(name)
+        return client
+
+    def send(self, message: PartnerCenterChange | CrmChange, *, queue: str = SYNC_QUEUE) -> str:
+        """Enqueue one message; returns the storage message id."""
+        sent = self._queue(queue).send_message(encode_sync_request(message))
+        return str(sent.id)
+
+    def send_text(self, text: str, *, queue: str) -> str:
+        """Enqueue a raw text body (used to replay a dead letter exactly as it was)."""
+        sent = self._queue(queue).send_message(text)
+        return str(sent.id)
+
+    def depth(self, queue: str) -> int:
+        """Approximate number of messages waiting (0 for a queue that does not exist yet)."""
+        properties = self._queue(queue).get_queue_properties()
+        return int(properties.approximate_message_count or 0)

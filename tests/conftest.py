@@ -1,0 +1,55 @@
+"""Session fixtures: a real Azurite on free ports, and a private sandbox folder for generated certificates."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.azurite import Azurite, start_azurite
+from shared.settings import Settings, load_settings
+from shared.sync.storage import StorageAccount
+
+# Generated sandbox material (CA, certificates) goes to a per-run folder, never the developer's .sandbox/.
+_SESSION_SANDBOX = Path(os.environ.setdefault("SANDBOX_DIR", str(Path(__file__).resolve().parent.parent / ".sandbox" / "test")))
+
+SANDBOX_TOKEN_CACHE_KEY = base64.urlsafe_b64encode(b"sandbox-token-cache-key-32-bytes").decode()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One real Azurite for the whole test session (in-memory, free ports); stopped at the end."""
+    server = start_azurite()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def storage(azurite: Azurite) -> StorageAccount:
+    return StorageAccount(connection_string=azurite.connection_string)
+
+
+def base_environment(connection_string: str, **overrides: str) -> dict[str, str]:
+    """A complete, valid set of app settings for the sandbox (Salesforce CRM by default)."""
+    environment = {
+        "CRM_KIND": "salesforce",
+        "AzureWebJobsStorage": connection_string,
+        "PC_TENANT_ID": "sandbox-tenant",
+        "PC_CLIENT_ID": "sandbox-pc-client",
+        "PC_CLIENT_SECRET": "sandbox-pc-secret",
+        "PC_TOKEN_CACHE_KEY": SANDBOX_TOKEN_CACHE_KEY,
+        "SALESFORCE_CLIENT_ID": "sandbox-sf-client",
+        "SALESFORCE_CLIENT_SECRET": "sandbox-sf-secret",
+    }
+    environment.update(overrides)
+    return environment
+
+
+@pytest.fixture
+def settings(azurite: Azurite) -> Settings:
+    return load_settings(base_environment(azurite.connection_string))
