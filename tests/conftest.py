@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sandbox import credentials
 from sandbox.azurite import Azurite, start_azurite
 from shared.settings import Settings, load_settings
 from shared.sync.storage import StorageAccount
@@ -16,7 +16,7 @@ from shared.sync.storage import StorageAccount
 # Generated sandbox material (CA, certificates) goes to a per-run folder, never the developer's .sandbox/.
 _SESSION_SANDBOX = Path(os.environ.setdefault("SANDBOX_DIR", str(Path(__file__).resolve().parent.parent / ".sandbox" / "test")))
 
-SANDBOX_TOKEN_CACHE_KEY = base64.urlsafe_b64encode(b"sandbox-token-cache-key-32-bytes").decode()
+SANDBOX_TOKEN_CACHE_KEY = credentials.TOKEN_CACHE_KEY
 
 
 @pytest.fixture(scope="session")
