@@ -1,0 +1,344 @@
+"""The CRM-neutral port: what the sync engine asks of a CRM, and the records it gets back.
+
+The engine sees only `CrmPort` and the records below; `shared/crm/salesforce.py` and
+`shared/crm/dynamics.py` implement it. Records use plain, CRM-neutral names (an opportunity's
+"deal value", not `Amount` or `estimatedvalue`); each adapter maps its own field names, honouring
+the CRM_DEAL_VALUE_FIELD / CRM_DEAL_CURRENCY_FIELD / CRM_ACCOUNT_COUNTRY_FIELD settings.
+
+Conventions every adapter follows:
+- Record names in `CrmRecord.name` never carry the sync mark (" ✔" / " ✖"); adapters strip it
+  when reading and keep it when writing a new name (`set_sync_result` owns the mark).
+- Times are timezone-aware UTC `datetime`s. Watermarks are opaque strings produced by the CRM's own
+  data (Salesforce: the largest `SystemModstamp` seen; Dataverse: `modifiedon` or a delta link),
+  never by our clock, so clock skew between us and the CRM cannot lose a change.
+- Transient failures (throttling, 5xx, timeouts, lock contention) raise `CrmTransientError`, so
+  the queue retries; invalid data raises `CrmValidationError` naming the field; a missing record
+  raises `CrmNotFoundError`. Adapters never swallow an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CrmObjectKind = Literal["opportunity", "lead"]
+"""Referrals become opportunities (co-sell, pipeline) or leads (lead sharing)."""
+
+SyncStatus = Literal["Synced", "Error", "Pending"]
+"""Values of the connector's sync status field (SPEC 1.4)."""
+
+ReferralResponse = Literal["Accept", "Decline"]
+
+Lifecycle = Literal["pending", "active", "won", "lost"]
+"""Where a record stands, CRM-neutral. Adapters map it to their stages / statuses:
+Salesforce opportunity `pending`/`active`/`won`/`lost` -> SALESFORCE_PENDING/ACTIVE/WON/LOST_STAGE;
+a lead `won` means converted (qualified), `lost` means disqualified; Dataverse uses statecode and
+the WinOpportunity / LoseOpportunity / QualifyLead actions."""
+
+SYNC_MARK_OK = " ✔"
+SYNC_MARK_FAILED = " ✖"
+SYNC_MARKS = (SYNC_MARK_OK, SYNC_MARK_FAILED)
+
+
+def strip_sync_mark(name: str) -> str:
+    """The record name without any trailing sync marks (several, if someone typed one by hand)."""
+    stripped = name
+    while stripped.endswith(SYNC_MARKS):
+        stripped = stripped[: -len(SYNC_MARK_OK)]
+    return stripped.rstrip()
+
+
+def with_sync_mark(name: str, mark: str | None) -> str:
+    """`name` with exactly one mark (or none): never duplicated, whatever the name held before."""
+    base = strip_sync_mark(name)
+    return base + mark if mark else base
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CrmRef(_Record):
+    """Identifies one CRM record: its kind and the CRM's own id (Salesforce 18-char id, Dataverse GUID)."""
+
+    kind: CrmObjectKind
+    id: str = Field(min_length=1)
+
+
+class ChangedRecords(_Record):
+    """Result of `CrmPort.changed_since`: de-duplicated refs, oldest change first, and the next watermark."""
+
+    refs: list[CrmRef]
+    watermark: str | None = Field(description="Pass to the next call; None only if the CRM has no records yet.")
+
+
+class CrmAccount(_Record):
+    """The customer account. `id` is None for an account not yet in the CRM."""
+
+    id: str | None = None
+    name: str = Field(min_length=1)
+    street: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = Field(
+        default=None, description="As stored in CRM_ACCOUNT_COUNTRY_FIELD (ideally ISO 3166 alpha-2)."
+    )
+
+
+class CrmContact(_Record):
+    """A customer contact. Matched by `email` (case-insensitive)."""
+
+    id: str | None = None
+    first_name: str | None = None
+    last_name: str = Field(min_length=1)
+    email: str | None = None
+    phone: str | None = None
+    title: str | None = None
+
+
+class CrmSolution(_Record):
+    """One Microsoft Partner Center solution on a deal (Salesforce `PCS_Solution__c`, Dataverse `pcs_partnercentersolution`)."""
+
+    id: str | None = Field(default=None, description="The CRM row id; None for a solution not yet written.")
+    solution_id: str = Field(min_length=1, description="Partner Center solution id, e.g. 'SOL-123'.")
+    name: str | None = None
+    publisher: str | None = None
+    solution_type: str | None = None
+
+
+class StageFacts(_Record):
+    """Stage / status facts as the CRM decides them (never inferred from names by the engine)."""
+
+    stage_name: str | None = Field(
+        default=None, description="Opportunity stage (Salesforce StageName, Dataverse stepname)."
+    )
+    is_closed: bool = False
+    is_won: bool = False
+    lead_status: str | None = Field(default=None, description="Lead status label (leads only).")
+    is_qualified: bool = Field(default=False, description="Lead converted / qualified.")
+    is_disqualified: bool = False
+    converted_opportunity_id: str | None = Field(
+        default=None, description="The opportunity a qualified lead became; the referral link moves to it."
+    )
+
+
+class ConnectorFields(_Record):
+    """The connector's own fields (SPEC 1.4), as stored on the record."""
+
+    sync_enabled: bool = False
+    referral_id: str | None = None
+    referral_link: str | None = None
+    engagement_id: str | None = None
+    help_needed: str | None = Field(default=None, description="An assistanceRequestCode value, or None (not co-sell).")
+    visible_to_microsoft: bool = False
+    referral_response: ReferralResponse | None = None
+    decline_reason: str | None = None
+    referral_status: str | None = Field(
+        default=None, description='Mirror of PC status/substatus, e.g. "Active / Accepted".'
+    )
+    microsoft_crm_id: str | None = None
+    sync_status: SyncStatus | None = None
+    last_synced: dt.datetime | None = None
+    audit: str = ""
+
+
+class CrmRecord(_Record):
+    """Everything the engine needs about one opportunity or lead, read in as few calls as the CRM allows."""
+
+    ref: CrmRef
+    name: str = Field(description="Without the sync mark.")
+    account: CrmAccount | None = None
+    contacts: list[CrmContact] = Field(default_factory=list)
+    solutions: list[CrmSolution] = Field(default_factory=list)
+    stage: StageFacts = Field(default_factory=StageFacts)
+    connector: ConnectorFields = Field(default_factory=ConnectorFields)
+    deal_value: Decimal | None = None
+    currency: str | None = Field(default=None, description="ISO 4217; None where the org has a single currency.")
+    close_date: dt.date | None = None
+    notes: str | None = None
+    owner_id: str | None = None
+    owner_name: str | None = None
+    owner_email: str | None = None
+    modified_at: dt.datetime | None = Field(
+        default=None, description="The CRM's modification stamp (SystemModstamp / modifiedon)."
+    )
+    modified_by_id: str | None = None
+    modified_by_integration: bool = Field(
+        default=False, description="True when the last change was made by our integration user (echo detection)."
+    )
+
+
+class RecordUpdate(_Record):
+    """Values to write. Only the fields explicitly set are written (`model_fields_set`); None clears a field.
+
+    Used for both `upsert_by_referral_id` and `update_fields`, so a write names exactly what changes
+    and never overwrites a seller's edit to a field we did not mean to touch.
+    """
+
+    name: str | None = None
+    account_id: str | None = None
+    deal_value: Decimal | None = None
+    currency: str | None = None
+    close_date: dt.date | None = None
+    notes: str | None = None
+    lifecycle: Lifecycle | None = None
+    owner_id: str | None = None
+    # lead-only contact/company values (a lead carries them itself instead of related records)
+    lead_company: str | None = None
+    lead_first_name: str | None = None
+    lead_last_name: str | None = None
+    lead_email: str | None = None
+    lead_phone: str | None = None
+    # connector fields
+    sync_enabled: bool | None = None
+    referral_id: str | None = None
+    referral_link: str | None = None
+    engagement_id: str | None = None
+    help_needed: str | None = None
+    visible_to_microsoft: bool | None = None
+    referral_response: ReferralResponse | None = None
+    decline_reason: str | None = None
+    referral_status: str | None = None
+    microsoft_crm_id: str | None = None
+
+    def written(self) -> dict[str, object]:
+        """The explicitly set values, by neutral name."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class UpsertResult(_Record):
+    ref: CrmRef
+    created: bool
+
+
+class CrmError(Exception):
+    """Base of every error a CRM adapter raises."""
+
+
+class CrmTransientError(CrmError):
+    """Worth retrying later: throttling, 5xx, timeouts, row locks, an expired session we could not renew yet."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class CrmValidationError(CrmError):
+    """The CRM refused the data; retrying the same write cannot help. `fields` names the culprits."""
+
+    def __init__(self, message: str, *, code: str | None = None, fields: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fields = list(fields)
+
+
+class CrmNotFoundError(CrmError):
+    """The record does not exist (or was deleted)."""
+
+
+class CrmAuthError(CrmError):
+    """Sign-in to the CRM failed (bad credentials, connected app not approved): an admin must act."""
+
+
+@runtime_checkable
+class CrmPort(Protocol):
+    """What the sync engine needs from a CRM. Every method may raise the `CrmError`s above."""
+
+    kind: str
+    """"salesforce" or "dynamics"."""
+
+    def changed_since(self, watermark: str | None) -> ChangedRecords:
+        """Opportunities and leads with Sync = Yes changed since `watermark`, oldest first.
+
+        Child changes (solutions, contact roles / connections) are reported as their parent.
+        The adapter re-reads an overlap window before the watermark (late-committing
+        transactions) and de-duplicates, so a ref may come back in two consecutive calls but
+        never twice in one; the caller's processing is idempotent. `watermark=None` means "from
+        the beginning". The returned watermark comes from the CRM's own timestamps (or delta
+        token), never from our clock; save it only after the refs were enqueued.
+        """
+        ...
+
+    def read(self, ref: CrmRef) -> CrmRecord:
+        """One record with its account, contacts, solutions, stage facts and connector fields.
+
+        Raises `CrmNotFoundError` when it does not exist. Name is returned without the sync mark.
+        """
+        ...
+
+    def upsert_by_referral_id(self, kind: CrmObjectKind, referral_id: str, values: RecordUpdate) -> UpsertResult:
+        """Create or update the record whose referral id is `referral_id` (idempotent on retry).
+
+        Only `values.model_fields_set` is written; the referral id itself is the key (don't repeat
+        it in `values`). A new record gets whatever the CRM needs to exist (e.g. a Salesforce
+        opportunity without a stage gets the pending stage). More than one record with that
+        referral id raises `CrmValidationError` (code "MULTIPLE_CHOICES").
+        """
+        ...
+
+    def find_or_create_account(self, account: CrmAccount) -> str:
+        """Id of the account with the same name and postal code (exact, case-insensitive), else a new one.
+
+        Values are escaped in the query: "O'Brien & Co \\ Ltd" matches itself and nothing else.
+        """
+        ...
+
+    def find_or_create_contact(self, contact: CrmContact, account_id: str | None) -> str:
+        """Id of the contact with this email (case-insensitive), else a new one under `account_id`.
+
+        A contact without email is always created (there is nothing safe to match on).
+        """
+        ...
+
+    def set_contacts(self, ref: CrmRef, contact_ids: Sequence[str]) -> None:
+        """Make the record's customer contacts exactly `contact_ids` (first = primary).
+
+        Salesforce: OpportunityContactRole rows (leads: ignored except the first, whose details the
+        lead carries); Dataverse: parent contact plus connections. Unchanged links are left alone.
+        """
+        ...
+
+    def set_solutions(self, ref: CrmRef, solutions: Sequence[CrmSolution]) -> None:
+        """Make the record's solutions exactly `solutions`, matched by `solution_id`.
+
+        Missing ones are created, removed ones deleted, changed ones updated, in as few calls as the
+        CRM allows (collections / batch), checking each item's result.
+        """
+        ...
+
+    def update_fields(self, ref: CrmRef, values: RecordUpdate) -> None:
+        """Write exactly the explicitly set fields of `values` (nothing when none is set)."""
+        ...
+
+    def append_audit(self, ref: CrmRef, line: str, *, at: dt.datetime | None = None) -> None:
+        """Prepend one line "<UTC time> <line>" to the audit field, newest first.
+
+        The field is bounded (Salesforce long text area length, Dataverse memo max length):
+        the oldest lines are dropped to fit, never the new one (truncated itself if it alone is
+        too long).
+        """
+        ...
+
+    def set_sync_result(self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, error: str | None = None) -> None:
+        """Record the outcome of a sync: status, last-synced time, and (when SHOW_SYNC_MARK_IN_NAME)
+        the mark at the end of the name (" ✔" for Synced, " ✖" for Error, none for Pending),
+        replacing any earlier mark. `error`, when given, is also appended to the audit.
+        """
+        ...
+
+    def close(self, ref: CrmRef, *, won: bool) -> None:
+        """Close the opportunity won or lost (Salesforce: the configured won/lost stage; Dataverse:
+        WinOpportunity / LoseOpportunity). Leads: `won=False` disqualifies; `won=True` raises
+        `CrmValidationError`, since converting a lead is a seller's decision made in the CRM.
+        Closing an already closed record the same way does nothing.
+        """
+        ...
+
+    def api_call_counts(self) -> Mapping[str, int]:
+        """API calls made so far by this adapter instance, per operation name (for benchmarks)."""
+        ...
