@@ -367,9 +367,7 @@ def serve(
     scheme = "https" if tls else "http"
     if tls:
         # The handshake runs in the per-request thread, so one slow client cannot block accept().
-        httpd.socket = server_tls_context().wrap_socket(
-            httpd.socket, server_side=True, do_handshake_on_connect=False
-        )
+        httpd.socket = server_tls_context().wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
     bound_port = httpd.server_address[1]
     simulator = simulator_factory(f"{scheme}://{host}:{bound_port}")
     httpd.simulator = simulator

@@ -14,20 +14,20 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from shared.ncrontab import Schedule, ScheduleError
+
 CrmKind = Literal["salesforce", "dynamics"]
 SalesforceAuth = Literal["client_credentials", "jwt", "password"]
 
-# Six NCRONTAB fields, seconds first: "0 */5 * * * *". Each field: *, numbers, ranges, lists, steps.
-_NCRONTAB_FIELD = r"(\*|\d+(-\d+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/\d+)?(,(\*|\d+(-\d+)?|[A-Za-z]{3})(/\d+)?)*"
-_NCRONTAB = re.compile(rf"^{_NCRONTAB_FIELD}(\s+{_NCRONTAB_FIELD}){{5}}$")
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -397,8 +397,12 @@ class Settings(BaseModel):
     @field_validator("crm_poll_schedule", "pc_reconcile_schedule", "pc_token_refresh_schedule")
     @classmethod
     def _is_ncrontab(cls, value: str) -> str:
-        if not _NCRONTAB.match(value.strip()):
-            raise ValueError("is not a six-field NCRONTAB expression (seconds first), like '0 */5 * * * *'")
+        try:
+            Schedule.parse(value.strip())
+        except ScheduleError as error:
+            raise ValueError(
+                f"is not a valid six-field NCRONTAB expression (seconds first), like '0 */5 * * * *': {error}"
+            ) from None
         return value.strip()
 
     @field_validator(
@@ -430,7 +434,9 @@ class Settings(BaseModel):
         except (binascii.Error, ValueError):
             raw = b""
         if len(raw) != 32:
-            raise ValueError("is not 32 bytes of URL-safe base64 (44 characters); create one with `python -m shared new-key`")
+            raise ValueError(
+                "is not 32 bytes of URL-safe base64 (44 characters); create one with `python -m shared new-key`"
+            )
         return value
 
     @field_validator("tls_ca_bundle", "pc_webhook_trusted_roots")
@@ -555,7 +561,9 @@ def _field_problem(error: Mapping[str, Any]) -> str:
     field = next((f for f, info in Settings.model_fields.items() if info.alias == name or f == name), None)
     info = Settings.model_fields[field] if field else None
     name = (info.alias or name) if info else name
-    example = (info.json_schema_extra or {}).get("example") if info and isinstance(info.json_schema_extra, dict) else None
+    example = (
+        (info.json_schema_extra or {}).get("example") if info and isinstance(info.json_schema_extra, dict) else None
+    )
     if error.get("type") == "missing" or error.get("input") is None:
         sentence = f"{name} is missing"
     else:
@@ -595,8 +603,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if isinstance((ctx := item.get("ctx") or {}).get("error"), SettingsError)
             for problem in ctx["error"].problems
         ]
-        problems = [_field_problem(item) for item in error.errors() if not isinstance((item.get("ctx") or {}).get("error"), SettingsError)]
+        problems = [
+            _field_problem(item)
+            for item in error.errors()
+            if not isinstance((item.get("ctx") or {}).get("error"), SettingsError)
+        ]
         raise SettingsError(problems + nested) from None
+
+
+def apply_local_settings_file(path: Path, environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Copy the `Values` of a local.settings.json into the environment where a name is not set
+    already, as `func start` does; returns the names applied. Azure never has this file."""
+    target = os.environ if environ is None else environ
+    if not path.is_file():
+        return []
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values") or {}
+    except (ValueError, AttributeError) as error:
+        raise SettingsError([f"{path} is not valid JSON with a \"Values\" object: {error}"]) from None
+    applied = []
+    for name, value in values.items():
+        if name not in target:
+            target[name] = str(value)
+            applied.append(name)
+    return applied
 
 
 @functools.cache

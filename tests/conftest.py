@@ -14,7 +14,9 @@ from shared.settings import Settings, load_settings
 from shared.sync.storage import StorageAccount
 
 # Generated sandbox material (CA, certificates) goes to a per-run folder, never the developer's .sandbox/.
-_SESSION_SANDBOX = Path(os.environ.setdefault("SANDBOX_DIR", str(Path(__file__).resolve().parent.parent / ".sandbox" / "test")))
+_SESSION_SANDBOX = Path(
+    os.environ.setdefault("SANDBOX_DIR", str(Path(__file__).resolve().parent.parent / ".sandbox" / "test"))
+)
 
 SANDBOX_TOKEN_CACHE_KEY = credentials.TOKEN_CACHE_KEY
 
@@ -53,3 +55,27 @@ def base_environment(connection_string: str, **overrides: str) -> dict[str, str]
 @pytest.fixture
 def settings(azurite: Azurite) -> Settings:
     return load_settings(base_environment(azurite.connection_string))
+
+
+@pytest.fixture
+def app_environment(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Process environment of a running Function app (as the host gives it), for e2e tests."""
+    from shared import bootstrap
+
+    environment = base_environment(azurite.connection_string, SANDBOX_FUNCTION_KEY=credentials.FUNCTION_KEY)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    yield environment
+    bootstrap.reset()
+
+
+@pytest.fixture
+def empty_sync_queues(storage: StorageAccount) -> None:
+    """Tests share one Azurite: start from empty `sync` queues."""
+    from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
+
+    for name in (SYNC_QUEUE, SYNC_POISON_QUEUE):
+        client = storage.queue_client(name)
+        storage.ensure_queue(client)
+        client.clear_messages()

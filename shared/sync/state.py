@@ -61,7 +61,9 @@ def _now() -> dt.datetime:
 def _check_key(value: str, what: str) -> str:
     # Table keys may not contain / \ # ? or control characters.
     if not value or any(ch in value for ch in "/\\#?") or any(ord(ch) < 32 or 126 < ord(ch) < 160 for ch in value):
-        raise ValueError(f"{what} {value!r} cannot be used as a table key (empty, or contains / \\ # ? or a control character)")
+        raise ValueError(
+            f"{what} {value!r} cannot be used as a table key (empty, or contains / \\ # ? or a control character)"
+        )
     if len(value) > 512:
         raise ValueError(f"{what} is longer than 512 characters")
     return value
@@ -74,7 +76,9 @@ def _inverted_time_key(moment: dt.datetime) -> str:
 
 def _split_json(prefix: str, value: Any) -> dict[str, str]:
     text = json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
-    return {f"{prefix}{index}": text[start : start + _CHUNK] for index, start in enumerate(range(0, len(text) or 1, _CHUNK))}
+    return {
+        f"{prefix}{index}": text[start : start + _CHUNK] for index, start in enumerate(range(0, len(text) or 1, _CHUNK))
+    }
 
 
 def _join_json(prefix: str, entity: dict[str, Any], default: Any) -> Any:
@@ -183,6 +187,12 @@ class DeadLetter(BaseModel):
     replayed_at: dt.datetime | None = None
 
 
+class FailureNote(BaseModel):
+    error: str
+    dequeue_count: int
+    time: dt.datetime
+
+
 class StateStore:
     """All sync state. Thread-safe; table clients are built and tables created on first use."""
 
@@ -234,12 +244,17 @@ class StateStore:
         from azure.data.tables import UpdateMode
 
         if link.etag is None:
-            raise ValueError("save_link needs a link read from the store (it has no ETag); use create_link for new ones")
+            raise ValueError(
+                "save_link needs a link read from the store (it has no ETag); use create_link for new ones"
+            )
         previous = self.get_link(link.link_id)
         updated = link.model_copy(update={"updated_at": _now()})
         try:
             metadata = self._table(LINKS_TABLE).update_entity(
-                updated._entity(), mode=UpdateMode.REPLACE, etag=link.etag, match_condition=MatchConditions.IfNotModified
+                updated._entity(),
+                mode=UpdateMode.REPLACE,
+                etag=link.etag,
+                match_condition=MatchConditions.IfNotModified,
             )
         except (ResourceModifiedError, ResourceNotFoundError) as error:
             raise ConcurrencyConflictError(f"link {link.link_id} changed since it was read") from error
@@ -288,7 +303,8 @@ class StateStore:
         wanted = self._index_keys(link)
         for partition, row in wanted - self._index_keys(previous):
             table.upsert_entity(
-                {"PartitionKey": partition, "RowKey": _check_key(row, "id"), "LinkId": link.link_id}, mode=UpdateMode.REPLACE
+                {"PartitionKey": partition, "RowKey": _check_key(row, "id"), "LinkId": link.link_id},
+                mode=UpdateMode.REPLACE,
             )
         for partition, row in self._index_keys(previous) - wanted:
             table.delete_entity(partition, row)
@@ -325,7 +341,12 @@ class StateStore:
         from azure.data.tables import UpdateMode
 
         now = _now()
-        entity = {"PartitionKey": "watermark", "RowKey": _check_key(name, "watermark name"), "Value": value, "UpdatedAt": now}
+        entity = {
+            "PartitionKey": "watermark",
+            "RowKey": _check_key(name, "watermark name"),
+            "Value": value,
+            "UpdatedAt": now,
+        }
         table = self._table(WATERMARKS_TABLE)
         try:
             if etag is None:
@@ -380,7 +401,7 @@ class StateStore:
     def _payload_key(queue: str, payload: str) -> str:
         return hashlib.sha256(f"{queue}\n{payload}".encode()).hexdigest()
 
-    def record_failure(self, queue: str, payload: str, error: str) -> None:
+    def record_failure(self, queue: str, payload: str, error: str, dequeue_count: int) -> None:
         """Remember why a message failed, so its dead letter can say so if it never succeeds."""
         from azure.data.tables import UpdateMode
 
@@ -389,34 +410,38 @@ class StateStore:
                 "PartitionKey": "lasterror",
                 "RowKey": self._payload_key(queue, payload),
                 "Error": error[:_CHUNK],
+                "DequeueCount": dequeue_count,
                 "Time": _now(),
             },
             mode=UpdateMode.REPLACE,
         )
 
-    def last_failure(self, queue: str, payload: str) -> str | None:
+    def last_failure(self, queue: str, payload: str) -> FailureNote | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             entity = self._table(DEADLETTERS_TABLE).get_entity("lasterror", self._payload_key(queue, payload))
         except ResourceNotFoundError:
             return None
-        return str(entity["Error"])
+        return FailureNote(error=str(entity["Error"]), dequeue_count=int(entity["DequeueCount"]), time=entity["Time"])
 
     def clear_failure(self, queue: str, payload: str) -> None:
         self._table(DEADLETTERS_TABLE).delete_entity("lasterror", self._payload_key(queue, payload))
 
-    def record_dead_letter(self, *, queue: str, payload: str, dequeue_count: int, reason: str | None = None) -> DeadLetter:
-        """Store a message that exhausted its retries, with the last error seen for it."""
-        last_error = reason or self.last_failure(queue, payload)
-        explained = last_error or "no error was recorded for this message (it may have timed out or crashed the worker)"
+    def record_dead_letter(
+        self, *, queue: str, payload: str, dequeue_count: int, reason: str | None = None
+    ) -> DeadLetter:
+        """Store a message that exhausted its retries on `queue`, with the last error seen for it."""
+        note = self.last_failure(queue, payload)
+        explained = reason or (note.error if note else None)
+        explained = explained or "no error was recorded for this message (it may have timed out or crashed the worker)"
         moment = _now()
         letter = DeadLetter(
             id=_inverted_time_key(moment),
             queue=queue,
             payload=payload,
             reason=explained,
-            dequeue_count=dequeue_count,
+            dequeue_count=max(dequeue_count, note.dequeue_count if note else 0),
             time=moment,
         )
         self._table(DEADLETTERS_TABLE).create_entity(
@@ -426,11 +451,11 @@ class StateStore:
                 "Queue": queue,
                 "Payload": payload[:_CHUNK],
                 "Reason": explained[:_CHUNK],
-                "DequeueCount": dequeue_count,
+                "DequeueCount": letter.dequeue_count,
                 "Time": moment,
             }
         )
-        if last_error and reason is None:
+        if note is not None:
             self.clear_failure(queue, payload)
         return letter
 

@@ -7,6 +7,7 @@ happen here, on first use, so importing the package stays cheap for cold starts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -23,6 +24,9 @@ class StorageAccount:
         table_uri: str | None = None,
         queue_uri: str | None = None,
         managed_identity_client_id: str | None = None,
+        retry_total: int = 3,
+        connection_timeout: float = 10,
+        read_timeout: float = 30,
     ) -> None:
         if connection_string is None and not (table_uri and queue_uri):
             raise ValueError("a storage connection string or both service URIs are required")
@@ -31,15 +35,26 @@ class StorageAccount:
         self._queue_uri = queue_uri
         self._client_id = managed_identity_client_id
         self._credential: Any = None
+        # Bounded retries and timeouts: the SDK default (10 retries, long back-off) would hold a
+        # trigger for minutes on an outage; the queue's own retry is the better place to wait.
+        self._client_options: dict[str, Any] = {
+            "retry_total": retry_total,
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+        }
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StorageAccount:
+    def from_settings(cls, settings: Settings, *, fail_fast: bool = False) -> StorageAccount:
+        """Clients for the configured account; `fail_fast` (health checks) retries nothing."""
         return cls(
             connection_string=settings.storage_connection_string(),
             table_uri=settings.storage_table_uri,
             queue_uri=settings.storage_queue_uri,
             managed_identity_client_id=settings.storage_client_id,
+            retry_total=0 if fail_fast else 3,
+            connection_timeout=3 if fail_fast else 10,
+            read_timeout=5 if fail_fast else 30,
         )
 
     def _identity(self) -> Any:
@@ -54,8 +69,10 @@ class StorageAccount:
         from azure.data.tables import TableClient
 
         if self._connection_string:
-            return TableClient.from_connection_string(self._connection_string, table_name=table)
-        return TableClient(endpoint=str(self._table_uri), table_name=table, credential=self._identity())
+            return TableClient.from_connection_string(self._connection_string, table_name=table, **self._client_options)
+        return TableClient(
+            endpoint=str(self._table_uri), table_name=table, credential=self._identity(), **self._client_options
+        )
 
     def queue_client(self, queue: str) -> Any:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -64,6 +81,7 @@ class StorageAccount:
         policies = {
             "message_encode_policy": TextBase64EncodePolicy(),
             "message_decode_policy": TextBase64DecodePolicy(),
+            **self._client_options,
         }
         if self._connection_string:
             return QueueClient.from_connection_string(self._connection_string, queue, **policies)
@@ -73,16 +91,12 @@ class StorageAccount:
     def ensure_table(client: Any) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):  # already there: the normal case
             client.create_table()
-        except ResourceExistsError:
-            pass  # already there: the normal case after the first call
 
     @staticmethod
     def ensure_queue(client: Any) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):  # already there: the normal case
             client.create_queue()
-        except ResourceExistsError:
-            pass  # already there: the normal case after the first call

@@ -1,0 +1,51 @@
+"""Every trigger of Co-sell Sync: the table of contents.
+
+Each function decodes its trigger, calls `shared/`, and encodes the reply: no business logic here.
+Importing this module must stay cheap and side-effect free (the host imports it on every cold
+start); collaborators are built on first use by `shared.bootstrap`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+
+from shared import bootstrap
+from shared.admin import health as health_checks
+from shared.sync import failures
+from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+def _json(body: Any, status_code: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status_code, mimetype="application/json")
+
+
+# ---- Health ---------------------------------------------------------------------------------------
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Anonymous probe: ok/degraded and the version only."""
+    report = health_checks.check_health(detailed=False, sections=bootstrap.health_sections())
+    return _json(report.public_body(), report.http_status)
+
+
+@app.route(route="health/details", methods=["GET"])
+def health_details(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: settings, storage, queue depths, dead letters, Partner Center sign-in."""
+    report = health_checks.check_health(detailed=True, sections=bootstrap.health_sections())
+    return _json(report.detailed_body(), report.http_status)
+
+
+# ---- Dead letters ---------------------------------------------------------------------------------
+@app.queue_trigger(arg_name="message", queue_name=SYNC_POISON_QUEUE, connection="AzureWebJobsStorage")
+def quarantine_poison_sync_request(message: func.QueueMessage) -> None:
+    """A `sync` message that failed maxDequeueCount times: record it as a dead letter; never raises."""
+    failures.quarantine(
+        bootstrap.state_store,
+        queue=SYNC_QUEUE,
+        payload=message.get_body().decode("utf-8", errors="replace"),
+        dequeue_count=getattr(message, "dequeue_count", None) or 0,
+    )

@@ -1,0 +1,48 @@
+"""Queue message handling that leaves a trace: every failed attempt records why.
+
+The Functions runtime moves a message to `<queue>-poison` after maxDequeueCount failures without
+saying why. Recording the error of each attempt lets the poison handler's dead letter carry the
+reason, so an admin sees "Salesforce said REQUEST_LIMIT_EXCEEDED", not just "failed 5 times".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from shared.sync.state import StateStore
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
+
+
+def run_recording_failures(
+    state: StateStore,
+    *,
+    queue: str,
+    payload: str,
+    dequeue_count: int,
+    handler: Callable[[], Result],
+) -> Result:
+    """Run `handler`; on an exception, record it against the message and re-raise for a retry."""
+    try:
+        return handler()
+    except Exception as error:
+        log.warning("message on %s failed on attempt %d: %s", queue, dequeue_count, error)
+        try:
+            state.record_failure(queue, payload, f"{type(error).__name__}: {error}", dequeue_count)
+        except Exception:  # the original error matters more; keep it, but say the note was lost
+            log.exception("could not record the failure of a message on %s", queue)
+        raise
+
+
+def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, dequeue_count: int) -> None:
+    """Record a poison message as a dead letter. Never raises: a poison handler that fails would
+    only move the message to yet another poison queue; instead the payload goes to the log.
+    `state` is a factory so that even a settings error is caught and logged here."""
+    try:
+        letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
+        log.error("dead letter %s from %s after %d attempts: %s", letter.id, queue, letter.dequeue_count, letter.reason)
+    except Exception:
+        log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
