@@ -102,6 +102,20 @@ def signing_key(directory: Path | None = None) -> rsa.RSAPrivateKey:
     return loaded
 
 
+_public_keys: dict[tuple[Path, int], rsa.RSAPublicKey] = {}
+
+
+def _public_key(path: Path) -> rsa.RSAPublicKey:
+    """The verification key, loaded once per key file version (loading an RSA private key is slow)."""
+    if not path.exists():
+        signing_key(path.parent)
+    version = (path, path.stat().st_mtime_ns)
+    cached = _public_keys.get(version)
+    if cached is None:
+        cached = _public_keys[version] = signing_key(path.parent).public_key()
+    return cached
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -134,7 +148,7 @@ def verify_access_token(token: str, *, audience: str) -> dict[str, Any]:
     Raises `InvalidAccessToken` for a malformed token, a bad signature, another audience or an
     expired token. Needs no running identity server: the key comes from `$SANDBOX_DIR`.
     """
-    public_key = signing_key().public_key()
+    public_key = _public_key(_key_path())
     try:
         claims: dict[str, Any] = jwt.decode(
             token,

@@ -1,0 +1,1026 @@
+"""The Partner Center simulator: Referrals API, webhook registration API and signed webhook delivery.
+
+Speaks the contract of reference/partner-center-api.md (served at `https://127.0.0.1:7101`):
+
+    /v1.0/engagements/referrals[/{id}]       GET list/get, POST create, PATCH (JSON Patch), PUT
+    /webhooks/v1/registration                GET / POST (refused if one exists) / PUT (replaces)
+    /webhooks/v1/registration/events         GET the supported event names
+    /webhooks/v1/registration/validationEvents[/{correlationId}]   POST send test / GET its results
+    /cert/{name}                             the webhook signing certificate (DER), as PC's blob URL
+
+Bearer tokens come from the sandbox identity provider and are checked with `verify_access_token`:
+audience `https://api.partner.microsoft.com` (delegated tokens only, as the real Referrals API) for
+referrals, `https://api.partnercenter.microsoft.com` for registration.
+
+Every referral write fires a webhook (`referral-created` / `referral-updated`) to the registered URL
+when that event is registered, signed like Partner Center: `Authorization: Signature <base64
+RSA-SHA256>` (or `x-ms-signature` when registered with `SignatureTokenToMsSignatureHeader`),
+`x-ms-certificate-url` (this simulator's `/cert/...`, a certificate with O=Microsoft Corporation
+issued by the sandbox CA) and `x-ms-signature-algorithm: rsa-sha256`. A delivery is attempted up
+to 10 times with exponential back-off, then parked (as PC's "offline queue").
+
+Control API (besides reset/state/requests/faults of `sandbox.server`):
+    POST /_sandbox/incoming-referral          Microsoft shares a new referral (body: referral fields)
+    POST /_sandbox/referrals/{id}/as-microsoft  JSON Patch applied by Microsoft's side of the
+        engagement: kept on Microsoft's related referral (same engagementId, created on first use);
+        `/trackingInfo/...` also lands on the partner's referral. Fires `related-referral-created`
+        or `-updated` carrying Microsoft's referral id (reference open question 4), and
+        `referral-updated` when the partner's referral changed.
+    POST /_sandbox/webhooks/drop              {"count": N}: the next N deliveries are lost (never sent)
+    POST /_sandbox/webhooks/settings          {"backoff_seconds", "max_attempts", "timeout_seconds"}
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import heapq
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from sandbox import credentials
+from sandbox.identity import InvalidAccessToken, route, verify_access_token
+from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response
+from sandbox.tls import ensure_ca, issue_certificate
+from shared.partner_center.http import tls_context
+
+REFERRALS_AUDIENCE = "https://api.partner.microsoft.com"
+REGISTRATION_AUDIENCE = "https://api.partnercenter.microsoft.com"
+REFERRALS_PATH = "/v1.0/engagements/referrals"
+REGISTRATION_PATH = "/webhooks/v1/registration"
+SIGNING_CERTIFICATE_NAME = "pcnotifications-dispatch.sandbox"
+PAGE_SIZE = 100
+PARTNER_ORGANIZATION_ID = "5b1f8a2c-0d3e-4f7a-8b9c-6d5e4f3a2b1c"
+PARTNER_ORGANIZATION_NAME = "Sandbox Partner Ltd"
+
+REFERRAL_EVENTS = ("referral-created", "referral-updated", "related-referral-created", "related-referral-updated")
+SUPPORTED_EVENTS = (*REFERRAL_EVENTS, "test-created", "subscription-updated", "invoice-ready")
+
+# Status -> the substatus values allowed with it, and the statuses it may move to (reference 1.4).
+_SUBSTATUS = {
+    "New": {"Pending", "Received"},
+    "Active": {"Accepted"},
+    "Closed": {"Won", "Lost", "Declined", "Expired"},
+}
+_NEXT_STATUS = {"New": {"New", "Active", "Closed"}, "Active": {"Active", "Closed"}, "Closed": set()}
+_READ_ONLY = {"id", "engagementId", "createdDateTime", "updatedDateTime", "eTag", "organizationId", "direction"}
+_FILTER_FIELDS = {
+    "updatedDateTime",
+    "createdDateTime",
+    "engagementId",
+    "direction",
+    "status",
+    "substatus",
+    "externalReferenceId",
+    "type",
+    "qualification",
+}
+_DATE_FIELDS = {"updatedDateTime", "createdDateTime"}
+_CONDITION = re.compile(r"(\w+)\s+(eq|ne|gt|ge|lt|le)\s+('(?:[^']|'')*'|[^\s()']+)", re.IGNORECASE)
+
+# Every top-level member a stored referral carries, so JSON Patch `replace` finds its target.
+_REFERRAL_TEMPLATE: JsonDict = {
+    "id": None,
+    "engagementId": None,
+    "organizationId": None,
+    "organizationName": None,
+    "name": None,
+    "externalReferenceId": None,
+    "createdDateTime": None,
+    "updatedDateTime": None,
+    "expirationDateTime": None,
+    "acceptedDateTime": None,
+    "closedDateTime": None,
+    "status": "New",
+    "substatus": "Pending",
+    "statusReason": None,
+    "type": "Independent",
+    "qualification": "SalesQualified",
+    "direction": "Outgoing",
+    "eTag": None,
+    "salesStage": None,
+    "referralProgram": "None",
+    "isSpam": False,
+    "favorite": False,
+    "dealSensitivity": "None",
+    "tags": [],
+    "target": [],
+    "team": [],
+    "customerProfile": {"name": None, "size": None, "address": {}, "team": [], "ids": []},
+    "consent": {
+        "consentToContact": False,
+        "consentToToShareInfoWithOthers": False,
+        "consentToShareReferralWithMicrosoftSellers": False,
+    },
+    "details": {"notes": None, "dealValue": None, "currency": None, "closingDateTime": None, "requirements": {}},
+    "inviteContext": {"notes": None, "assistanceRequestCode": None, "invitedMpnId": None, "invitedBy": None},
+    "trackingInfo": {"microsoftMsxId": None, "microsoftUSFedOpportunityId": None, "microsoftUSFedLeadId": None},
+    "links": {},
+}
+
+
+class ApiError(Exception):
+    """A documented Partner Center error: `{"error": {"code", "message", "target"}}`."""
+
+    def __init__(self, status: int, code: str, message: str, target: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+
+    def response(self) -> Response:
+        error: JsonDict = {"code": self.code, "message": self.message}
+        if self.target:
+            error["target"] = self.target
+        return json_response(self.status, {"error": error})
+
+
+class RegistrationError(Exception):
+    """An error of the classic Partner Center API host: `{code, description, data, source}`."""
+
+    def __init__(self, status: int, code: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description
+
+    def response(self) -> Response:
+        return json_response(
+            self.status, {"code": self.code, "description": self.description, "data": [], "source": "PartnerFD"}
+        )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _timestamp(moment: dt.datetime | None = None) -> str:
+    return (moment or _now()).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """ISO-8601 with up to 7 fractional digits (PC sends 7; Python parses 6)."""
+    text = value.strip().replace("Z", "+00:00")
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _new_etag() -> str:
+    return f'"{uuid.uuid4()}"'
+
+
+def _merge_defaults(template: Any, value: Any) -> Any:
+    if isinstance(template, dict) and isinstance(value, dict):
+        merged = {key: copy.deepcopy(default) for key, default in template.items()}
+        for key, item in value.items():
+            merged[key] = _merge_defaults(template.get(key), item) if key in template else item
+        return merged
+    return copy.deepcopy(value)
+
+
+# ---- JSON Patch (RFC 6902, `add` and `replace`: the operations Partner Center accepts) ------------
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise ApiError(400, "invalidRequest", f"JSON Patch path {path!r} must start with '/'", "path")
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def apply_json_patch(document: JsonDict, operations: Any) -> JsonDict:
+    """Apply `add`/`replace` operations to a copy of `document`; raises ApiError on a bad patch."""
+    if not isinstance(operations, list) or not operations:
+        raise ApiError(400, "invalidRequest", "The request body must be a non-empty JSON Patch array.")
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        if not isinstance(operation, dict) or operation.get("op") not in ("add", "replace"):
+            op = operation.get("op") if isinstance(operation, dict) else operation
+            raise ApiError(400, "invalidRequest", f"Unsupported JSON Patch operation {op!r}: use add or replace.", "op")
+        if "value" not in operation or not isinstance(operation.get("path"), str):
+            raise ApiError(400, "invalidRequest", "Each JSON Patch operation needs 'path' and 'value'.", "path")
+        parts = _pointer(operation["path"])
+        if parts[0] in _READ_ONLY:
+            raise ApiError(400, "invalidRequest", f"'{parts[0]}' is read-only.", parts[0])
+        parent: Any = patched
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) and part.isdigit() else _member(parent, part)
+            if parent is None:
+                raise ApiError(400, "invalidRequest", f"Path {operation['path']} does not exist.", operation["path"])
+        leaf = parts[-1]
+        value = copy.deepcopy(operation["value"])
+        if isinstance(parent, list):
+            if operation["op"] == "add" and leaf == "-":
+                parent.append(value)
+            elif leaf.isdigit() and int(leaf) <= len(parent) - (operation["op"] == "replace"):
+                if operation["op"] == "add":
+                    parent.insert(int(leaf), value)
+                else:
+                    parent[int(leaf)] = value
+            else:
+                raise ApiError(400, "invalidRequest", f"Path {operation['path']} does not exist.", operation["path"])
+        elif isinstance(parent, dict):
+            if operation["op"] == "replace" and leaf not in parent:
+                raise ApiError(400, "invalidRequest", f"Path {operation['path']} does not exist.", operation["path"])
+            parent[leaf] = value
+        else:
+            raise ApiError(400, "invalidRequest", f"Path {operation['path']} does not exist.", operation["path"])
+    return patched
+
+
+def _member(container: Any, key: str) -> Any:
+    if isinstance(container, dict):
+        return container.get(key)
+    return None
+
+
+# ---- $filter (the subset real users and our reconcile poll use) -------------------------------
+def _parse_filter(expression: str) -> list[tuple[str, str, str]]:
+    text = expression.strip()
+    conditions: list[tuple[str, str, str]] = []
+    position = 0
+    # Conditions joined by `and`; parentheses around a condition or the whole expression are allowed.
+    stripped = re.sub(r"[()]", " ", text) if "'" not in text else _strip_parens_outside_quotes(text)
+    stripped = stripped.strip()
+    while position < len(stripped):
+        match = _CONDITION.match(stripped, position)
+        if not match:
+            raise ApiError(400, "invalidRequest", f"Unsupported $filter expression: {expression}", "$filter")
+        field_name, operator, literal = match.group(1), match.group(2).lower(), match.group(3)
+        if field_name not in _FILTER_FIELDS:
+            raise ApiError(400, "invalidRequest", f"Filtering on '{field_name}' is not supported.", "$filter")
+        value = literal[1:-1].replace("''", "'") if literal.startswith("'") else literal
+        conditions.append((field_name, operator, value))
+        position = match.end()
+        rest = re.match(r"\s+and\s+", stripped[position:], re.IGNORECASE)
+        if rest:
+            position += rest.end()
+        elif stripped[position:].strip():
+            raise ApiError(400, "invalidRequest", f"Unsupported $filter expression: {expression}", "$filter")
+        else:
+            break
+    return conditions
+
+
+def _strip_parens_outside_quotes(text: str) -> str:
+    out: list[str] = []
+    quoted = False
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+        out.append(" " if char in "()" and not quoted else char)
+    return "".join(out)
+
+
+def _matches(referral: JsonDict, conditions: list[tuple[str, str, str]]) -> bool:
+    for field_name, operator, value in conditions:
+        actual = referral.get(field_name)
+        if field_name in _DATE_FIELDS:
+            try:
+                left: Any = parse_timestamp(str(actual)) if actual else None
+                right: Any = parse_timestamp(value)
+            except ValueError as error:
+                raise ApiError(400, "invalidRequest", f"'{value}' is not a date-time.", "$filter") from error
+        else:
+            left, right = (str(actual) if actual is not None else None), value
+        if left is None:
+            if operator == "ne":
+                continue
+            return False
+        result = {
+            "eq": left == right,
+            "ne": left != right,
+            "gt": left > right,
+            "ge": left >= right,
+            "lt": left < right,
+            "le": left <= right,
+        }[operator]
+        if not result:
+            return False
+    return True
+
+
+# ---- webhook delivery -------------------------------------------------------------------------
+@dataclass
+class Delivery:
+    id: str
+    event: str
+    resource_uri: str
+    resource_name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    attempts: list[JsonDict] = field(default_factory=list)
+    status: str = "pending"  # pending | delivered | parked | dropped
+    correlation_id: str | None = None
+
+    def as_dict(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "resource_uri": self.resource_uri,
+            "url": self.url,
+            "status": self.status,
+            "attempts": list(self.attempts),
+            "correlation_id": self.correlation_id,
+        }
+
+
+class _Dispatcher:
+    """One background thread sending due deliveries; retries are re-scheduled with back-off."""
+
+    def __init__(self, on_attempt: Callable[[Delivery], bool]) -> None:
+        self._on_attempt = on_attempt
+        self._heap: list[tuple[float, int, Delivery]] = []
+        self._sequence = 0
+        self._generation = 0
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="partner-center-webhooks", daemon=True)
+        self._thread.start()
+
+    def schedule(self, delivery: Delivery, delay: float) -> None:
+        with self._condition:
+            self._sequence += 1
+            heapq.heappush(self._heap, (time.monotonic() + delay, self._sequence, delivery))
+            self._condition.notify()
+
+    def clear(self) -> None:
+        with self._condition:
+            self._heap.clear()
+            self._generation += 1
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = (self._heap[0][0] - time.monotonic()) if self._heap else None
+                    self._condition.wait(timeout)
+                _, _, delivery = heapq.heappop(self._heap)
+            self._on_attempt(delivery)
+
+
+class PartnerCenterSimulator(Simulator):
+    """Partner Center's Referrals API, webhook registration API and webhook sender."""
+
+    name = "partner-center"
+
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        page_size: int = PAGE_SIZE,
+        backoff_seconds: float = 2.0,
+        max_backoff_seconds: float = 300.0,
+        max_attempts: int = 10,
+        delivery_timeout_seconds: float = 10.0,
+        validation_events_per_minute: int = 2,
+    ) -> None:
+        self.page_size = page_size
+        self._delivery_defaults = (backoff_seconds, max_backoff_seconds, max_attempts, delivery_timeout_seconds)
+        self.validation_events_per_minute = validation_events_per_minute
+        signing = issue_certificate(SIGNING_CERTIFICATE_NAME, organization="Microsoft Corporation", server=False)
+        self._signing_certificate = x509.load_pem_x509_certificate(signing.cert_path.read_bytes())
+        key = serialization.load_pem_private_key(signing.key_path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError(f"{signing.key_path} does not hold an RSA key")
+        self._signing_key = key
+        self._http = httpx.Client(verify=tls_context(str(ensure_ca().cert_path)), follow_redirects=False)
+        self._dispatcher = _Dispatcher(self._attempt)
+        super().__init__(base_url)
+
+    # ---- records --------------------------------------------------------------------------------
+    def reset_records(self) -> None:
+        if hasattr(self, "_dispatcher"):
+            self._dispatcher.clear()
+        self.referrals: dict[str, JsonDict] = {}
+        self.registration: JsonDict | None = None
+        self.deliveries: list[Delivery] = []
+        self.validation_events: dict[str, JsonDict] = {}
+        self._validation_times: list[float] = []
+        self.drop_next = 0
+        backoff, max_backoff, attempts, timeout = self._delivery_defaults
+        self.backoff_seconds = backoff
+        self.max_backoff_seconds = max_backoff
+        self.max_attempts = attempts
+        self.delivery_timeout_seconds = timeout
+
+    def state(self) -> JsonDict:
+        return {
+            "referrals": list(self.referrals.values()),
+            "registration": self.registration,
+            "deliveries": [delivery.as_dict() for delivery in self.deliveries],
+            "validation_events": list(self.validation_events.values()),
+        }
+
+    @property
+    def certificate_url(self) -> str:
+        return f"{self.base_url}/cert/{SIGNING_CERTIFICATE_NAME}.cer"
+
+    # ---- errors ---------------------------------------------------------------------------------
+    def fault_response(self, status: int, request: Request) -> Response:
+        if request.path.startswith(REGISTRATION_PATH):
+            return RegistrationError(status, status, f"Injected status {status}").response()
+        if status == 429:
+            retry = 57
+            return json_response(
+                429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {retry} seconds."}
+            )
+        codes = {400: "invalidRequest", 401: "unauthenticated", 403: "accessDenied", 404: "itemNotFound"}
+        codes |= {412: "preconditionFailed", 503: "serviceNotAvailable"}
+        code = codes.get(status, "generalException")
+        return ApiError(status, code, f"The service returned {status}.").response()
+
+    def not_found_response(self, request: Request) -> Response:
+        return ApiError(404, "itemNotFound", f"No resource at {request.path}.").response()
+
+    def _authorize(self, request: Request, audience: str, *, delegated: bool) -> JsonDict:
+        header = request.header("authorization") or ""
+        if not header.lower().startswith("bearer "):
+            raise ApiError(401, "unauthenticated", "Authorization header with a bearer token is required.")
+        try:
+            claims = verify_access_token(header[7:].strip(), audience=audience)
+        except InvalidAccessToken as error:
+            raise ApiError(401, "unauthenticated", f"The access token is invalid: {error.reason}.") from error
+        if delegated and "scp" not in claims:
+            raise ApiError(403, "accessDenied", "App-only tokens are not supported; use an App+User token.")
+        return claims
+
+    # ---- referrals: helpers -----------------------------------------------------------------------
+    def _links(self, referral: JsonDict) -> JsonDict:
+        base = f"{self.base_url}{REFERRALS_PATH}"
+        return {
+            "relatedReferrals": {
+                "uri": f"{base}?$filter=engagementId eq '{referral['engagementId']}'",
+                "method": "GET",
+            },
+            "self": {"uri": f"{base}/{referral['id']}", "method": "GET"},
+        }
+
+    def _store_new(self, fields: JsonDict, **server_fields: Any) -> JsonDict:
+        now = _timestamp()
+        referral: JsonDict = _merge_defaults(_REFERRAL_TEMPLATE, fields)
+        referral.update(
+            {
+                "id": str(uuid.uuid4()),
+                "engagementId": fields.get("engagementId") or str(uuid.uuid4()),
+                "createdDateTime": now,
+                "updatedDateTime": now,
+                "eTag": _new_etag(),
+                "@odata.context": f"{self.base_url}/v1.0/engagements/$metadata#referrals/$entity",
+            }
+        )
+        referral.update(server_fields)
+        referral["links"] = self._links(referral)
+        self.referrals[referral["id"]] = referral
+        return referral
+
+    def _get(self, referral_id: str) -> JsonDict:
+        referral = self.referrals.get(referral_id)
+        if referral is None:
+            raise ApiError(404, "itemNotFound", f"Referral {referral_id} was not found.", "id")
+        return referral
+
+    @staticmethod
+    def _validate(referral: JsonDict) -> None:
+        """Microsoft's documented rejections (reference section 4)."""
+        if not referral.get("name"):
+            raise ApiError(400, "invalidRequest", "name is required.", "name")
+        country = ((referral.get("customerProfile") or {}).get("address") or {}).get("country")
+        if not (isinstance(country, str) and re.fullmatch(r"[A-Z]{2}", country)):
+            raise ApiError(
+                400,
+                "invalidRequest",
+                "customerProfile.address.country must be a two-letter ISO 3166 code.",
+                "customerProfile.address.country",
+            )
+        requirements = (referral.get("details") or {}).get("requirements") or {}
+        solutions = requirements.get("solutions") or []
+        if any(not (isinstance(item, dict) and item.get("id")) for item in solutions):
+            raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+        help_code = (referral.get("inviteContext") or {}).get("assistanceRequestCode")
+        if help_code and help_code != "Unknown":
+            if not solutions:
+                raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+            contacts = (referral.get("customerProfile") or {}).get("team") or []
+            if not any(isinstance(contact, dict) and contact.get("email") for contact in contacts):
+                raise ApiError(
+                    400,
+                    "invalidRequest",
+                    "A customer contact is required when help from Microsoft is requested.",
+                    "customerProfile.team",
+                )
+
+    @staticmethod
+    def _check_transition(before: JsonDict, after: JsonDict) -> None:
+        old_status, new_status = before.get("status"), after.get("status")
+        if old_status == "Closed":
+            raise ApiError(
+                400, "invalidRequest", "The referral is closed; closed referrals cannot be updated.", "status"
+            )
+        if new_status not in _SUBSTATUS:
+            raise ApiError(400, "invalidRequest", f"'{new_status}' is not a valid status.", "status")
+        if new_status not in _NEXT_STATUS.get(str(old_status), set(_SUBSTATUS)):
+            raise ApiError(
+                400, "invalidRequest", f"A referral cannot move from {old_status} to {new_status}.", "status"
+            )
+        if after.get("substatus") not in _SUBSTATUS[new_status]:
+            allowed = ", ".join(sorted(_SUBSTATUS[new_status]))
+            raise ApiError(
+                400,
+                "invalidRequest",
+                f"Substatus '{after.get('substatus')}' is not valid with status {new_status} (allowed: {allowed}).",
+                "substatus",
+            )
+        was_visible = (before.get("consent") or {}).get("consentToShareReferralWithMicrosoftSellers")
+        if was_visible and not (after.get("consent") or {}).get("consentToShareReferralWithMicrosoftSellers"):
+            raise ApiError(
+                400,
+                "invalidRequest",
+                "Visibility to Microsoft sellers cannot be revoked once granted.",
+                "consent.consentToShareReferralWithMicrosoftSellers",
+            )
+
+    def _commit_update(self, before: JsonDict, after: JsonDict) -> JsonDict:
+        now = _timestamp()
+        if after["status"] == "Active" and before.get("status") != "Active":
+            after["acceptedDateTime"] = now
+        if after["status"] == "Closed":
+            after["closedDateTime"] = now
+        after["updatedDateTime"] = now
+        after["eTag"] = _new_etag()
+        self.referrals[after["id"]] = after
+        return after
+
+    def _check_if_match(self, request: Request, referral: JsonDict, *, required: bool) -> None:
+        if_match = request.header("if-match")
+        if if_match is None:
+            if required:
+                raise ApiError(400, "invalidRequest", "The If-Match header is required.", "If-Match")
+            return
+        if if_match.strip() not in (referral["eTag"], "*"):
+            raise ApiError(412, "preconditionFailed", "The resource has been modified since it was read.", "referral")
+
+    # ---- referrals: routes ------------------------------------------------------------------------
+    @route("GET", REFERRALS_PATH)
+    def list_referrals(self, request: Request) -> Response:
+        try:
+            self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            conditions = _parse_filter(request.arg("$filter") or "")
+            order = (request.arg("$orderby") or "").split()
+            top_text = request.arg("$top")
+            if top_text is not None and not top_text.isdigit():
+                raise ApiError(400, "invalidRequest", "$top must be a non-negative integer.", "$top")
+            skip = self._skip_of(request.arg("$skiptoken"))
+            with self.lock:
+                matching = [copy.deepcopy(item) for item in self.referrals.values() if _matches(item, conditions)]
+        except ApiError as error:
+            return error.response()
+        if order:
+            if order[0] not in _DATE_FIELDS or (len(order) > 1 and order[1].lower() not in ("asc", "desc")):
+                return ApiError(400, "invalidRequest", f"Ordering by {' '.join(order)} is not supported.").response()
+            descending = len(order) > 1 and order[1].lower() == "desc"
+            matching.sort(key=lambda item: parse_timestamp(item[order[0]]), reverse=descending)
+        total = len(matching)
+        if top_text is not None:
+            matching = matching[: int(top_text)]
+        page = matching[skip : skip + self.page_size]
+        body: JsonDict = {
+            "@odata.context": f"{self.base_url}/v1.0/engagements/$metadata#referrals",
+            "@odata.count": total,
+            "value": page,
+        }
+        if skip + self.page_size < len(matching):
+            params = [(name, values[0]) for name, values in request.query.items() if name != "$skiptoken"]
+            token = base64.urlsafe_b64encode(json.dumps({"skip": skip + self.page_size}).encode()).decode()
+            params.append(("$skiptoken", token))
+            body["@odata.nextLink"] = f"{self.base_url}{REFERRALS_PATH}?{urlencode(params, safe='$/:,')}"
+        return json_response(200, body)
+
+    @staticmethod
+    def _skip_of(token: str | None) -> int:
+        if not token:
+            return 0
+        try:
+            skip = json.loads(base64.urlsafe_b64decode(token.encode()))["skip"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ApiError(400, "invalidRequest", "The $skiptoken is not valid.", "$skiptoken") from error
+        if not isinstance(skip, int) or skip < 0:
+            raise ApiError(400, "invalidRequest", "The $skiptoken is not valid.", "$skiptoken")
+        return skip
+
+    @route("GET", REFERRALS_PATH + "/{referral_id}")
+    def get_referral(self, request: Request) -> Response:
+        try:
+            self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            with self.lock:
+                referral = copy.deepcopy(self._get(request.path_params["referral_id"]))
+        except ApiError as error:
+            return error.response()
+        return json_response(200, referral, {"ETag": referral["eTag"]})
+
+    @route("POST", REFERRALS_PATH)
+    def create_referral(self, request: Request) -> Response:
+        try:
+            self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            fields = self._json_object(request)
+            self._validate(_merge_defaults(_REFERRAL_TEMPLATE, fields))
+            status = fields.get("status") or "Active"
+            substatus = fields.get("substatus") or ("Accepted" if status == "Active" else "Pending")
+            if status not in _SUBSTATUS or substatus not in _SUBSTATUS[status] or status == "Closed":
+                raise ApiError(400, "invalidRequest", f"A new referral cannot be {status}/{substatus}.", "status")
+            with self.lock:
+                referral = self._store_new(
+                    {key: value for key, value in fields.items() if key not in _READ_ONLY},
+                    status=status,
+                    substatus=substatus,
+                    direction="Outgoing",
+                    organizationId=PARTNER_ORGANIZATION_ID,
+                    organizationName=PARTNER_ORGANIZATION_NAME,
+                    acceptedDateTime=_timestamp() if status == "Active" else None,
+                )
+                self._fire("referral-created", referral["id"])
+                created = copy.deepcopy(referral)
+        except ApiError as error:
+            return error.response()
+        # The connector swagger declares 200 for create (reference 1.1); clients accept any 2xx.
+        return json_response(200, created, {"ETag": created["eTag"]})
+
+    @staticmethod
+    def _json_object(request: Request) -> JsonDict:
+        try:
+            body = request.json()
+        except ValueError as error:
+            raise ApiError(400, "invalidRequest", f"The request body is not valid JSON: {error}") from error
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalidRequest", "The request body must be a JSON object.")
+        return body
+
+    @route("PATCH", REFERRALS_PATH + "/{referral_id}")
+    def patch_referral(self, request: Request) -> Response:
+        try:
+            self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            try:
+                operations = request.json()
+            except ValueError as error:
+                raise ApiError(400, "invalidRequest", f"The request body is not valid JSON: {error}") from error
+            with self.lock:
+                before = self._get(request.path_params["referral_id"])
+                self._check_if_match(request, before, required=False)
+                after = apply_json_patch(before, operations)
+                updated = self._update(before, after)
+        except ApiError as error:
+            return error.response()
+        return self._updated_response(request, updated)
+
+    @route("PUT", REFERRALS_PATH + "/{referral_id}")
+    def put_referral(self, request: Request) -> Response:
+        try:
+            self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            fields = self._json_object(request)
+            with self.lock:
+                before = self._get(request.path_params["referral_id"])
+                self._check_if_match(request, before, required=True)
+                after = _merge_defaults(_REFERRAL_TEMPLATE, fields)
+                after.update({key: before.get(key) for key in (*_READ_ONLY, "@odata.context", "links")})
+                updated = self._update(before, after)
+        except ApiError as error:
+            return error.response()
+        return self._updated_response(request, updated)
+
+    def _update(self, before: JsonDict, after: JsonDict) -> JsonDict:
+        self._check_transition(before, after)
+        self._validate(after)
+        updated = self._commit_update(before, after)
+        self._fire("referral-updated", updated["id"])
+        return copy.deepcopy(updated)
+
+    @staticmethod
+    def _updated_response(request: Request, referral: JsonDict) -> Response:
+        prefer = (request.header("prefer") or "").lower()
+        if "return=representation" in prefer:
+            return json_response(200, referral, {"ETag": referral["eTag"]})
+        return empty_response(204, {"ETag": referral["eTag"]})
+
+    # ---- webhook registration ---------------------------------------------------------------------
+    def _authorize_registration(self, request: Request) -> None:
+        try:
+            self._authorize(request, REGISTRATION_AUDIENCE, delegated=False)
+        except ApiError as error:
+            raise RegistrationError(error.status, error.status, error.message) from error
+
+    @staticmethod
+    def _registration_body(request: Request) -> JsonDict:
+        try:
+            raw = request.json()
+        except ValueError as error:
+            raise RegistrationError(400, 400, f"The request body is not valid JSON: {error}") from error
+        if not isinstance(raw, dict):
+            raise RegistrationError(400, 400, "The request body must be a JSON object.")
+        body = {key.lower(): value for key, value in raw.items()}  # PC reads property names case-insensitively
+        url, events = body.get("webhookurl"), body.get("webhookevents")
+        if not isinstance(url, str) or not re.match(r"^(https://|http://(127\.0\.0\.1|localhost)[:/])", url):
+            raise RegistrationError(400, 400, "WebhookUrl must be an https URL.")
+        if not isinstance(events, list) or not events or not all(isinstance(event, str) for event in events):
+            raise RegistrationError(400, 400, "WebhookEvents must be a non-empty list of event names.")
+        unknown = [event for event in events if event not in SUPPORTED_EVENTS]
+        if unknown:
+            raise RegistrationError(400, 400, f"Unsupported webhook events: {', '.join(unknown)}.")
+        return {
+            "SubscriberId": credentials.TENANT_ID,
+            "WebhookUrl": url,
+            "WebhookEvents": list(dict.fromkeys(events)),
+            "SignatureTokenToMsSignatureHeader": bool(body.get("signaturetokentomssignatureheader", False)),
+            "LastModifiedTimestamp": _timestamp(),
+        }
+
+    @route("GET", REGISTRATION_PATH + "/events")
+    def registration_events(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+        except RegistrationError as error:
+            return error.response()
+        return json_response(200, list(SUPPORTED_EVENTS))
+
+    @route("GET", REGISTRATION_PATH)
+    def get_registration(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+            with self.lock:
+                if self.registration is None:
+                    raise RegistrationError(404, 404, "No webhook registration exists for this partner.")
+                return json_response(200, dict(self.registration))
+        except RegistrationError as error:
+            return error.response()
+
+    @route("POST", REGISTRATION_PATH)
+    def create_registration(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+            registration = self._registration_body(request)
+            with self.lock:
+                if self.registration is not None:
+                    raise RegistrationError(409, 409, "A registration already exists for this partner; use PUT.")
+                self.registration = registration
+        except RegistrationError as error:
+            return error.response()
+        return json_response(201, dict(registration))
+
+    @route("PUT", REGISTRATION_PATH)
+    def update_registration(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+            registration = self._registration_body(request)
+            with self.lock:
+                if self.registration is None:
+                    raise RegistrationError(404, 404, "No webhook registration exists for this partner; use POST.")
+                self.registration = registration
+        except RegistrationError as error:
+            return error.response()
+        return json_response(200, dict(registration))
+
+    @route("POST", REGISTRATION_PATH + "/validationEvents")
+    def send_validation_event(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+            with self.lock:
+                if self.registration is None or "test-created" not in self.registration["WebhookEvents"]:
+                    raise RegistrationError(400, 400, "Register the 'test-created' event before sending a test.")
+                now = time.monotonic()
+                self._validation_times = [moment for moment in self._validation_times if now - moment < 60]
+                if len(self._validation_times) >= self.validation_events_per_minute:
+                    response = RegistrationError(429, 429, "Only 2 validation events per minute.").response()
+                    response.headers["Retry-After"] = str(int(60 - (now - self._validation_times[0])) + 1)
+                    return response
+                self._validation_times.append(now)
+                correlation_id = str(uuid.uuid4())
+                self.validation_events[correlation_id] = {
+                    "correlationId": correlation_id,
+                    "partnerId": credentials.TENANT_ID,
+                    "status": "pending",
+                    "callbackUrl": self.registration["WebhookUrl"],
+                    "results": [],
+                }
+                resource_uri = f"{self.base_url}{REGISTRATION_PATH}/validationEvents/{correlation_id}"
+                self._send("test-created", resource_uri, "test", correlation_id=correlation_id)
+        except RegistrationError as error:
+            return error.response()
+        return json_response(200, {"correlationId": correlation_id})
+
+    @route("GET", REGISTRATION_PATH + "/validationEvents/{correlation_id}")
+    def get_validation_event(self, request: Request) -> Response:
+        try:
+            self._authorize_registration(request)
+            with self.lock:
+                found = self.validation_events.get(request.path_params["correlation_id"])
+                if found is None:
+                    raise RegistrationError(404, 404, "No validation event with this correlation id.")
+                return json_response(200, copy.deepcopy(found))
+        except RegistrationError as error:
+            return error.response()
+
+    @route("GET", "/cert/{name}")
+    def signing_certificate(self, request: Request) -> Response:
+        if request.path_params["name"] != f"{SIGNING_CERTIFICATE_NAME}.cer":
+            return Response(404, b"BlobNotFound", {"Content-Type": "text/plain"})
+        der = self._signing_certificate.public_bytes(serialization.Encoding.DER)
+        return Response(200, der, {"Content-Type": "application/pkix-cert"})
+
+    # ---- webhook delivery -------------------------------------------------------------------------
+    def _fire(self, event: str, referral_id: str) -> None:
+        """Queue a referral event (caller holds the lock) if the registration subscribes to it."""
+        self._send(event, f"{self.base_url}/engagements/v1/referrals/{referral_id}", "referral")
+
+    def sign(self, body: bytes) -> str:
+        """Base64 RSA-SHA256 (PKCS#1 v1.5) signature of `body`, as Partner Center sends it."""
+        signature = self._signing_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+        return base64.b64encode(signature).decode("ascii")
+
+    def _send(self, event: str, resource_uri: str, resource_name: str, *, correlation_id: str | None = None) -> None:
+        registration = self.registration
+        if registration is None or event not in registration["WebhookEvents"]:
+            return
+        envelope = {
+            "EventName": event,
+            "ResourceUri": resource_uri,
+            "ResourceName": resource_name,
+            "AuditUri": None,
+            "ResourceChangeUtcDate": _now().isoformat(),
+        }
+        body = json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+        signature = self.sign(body)
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "x-ms-certificate-url": self.certificate_url,
+            "x-ms-signature-algorithm": "rsa-sha256",
+        }
+        if registration.get("SignatureTokenToMsSignatureHeader"):
+            headers["x-ms-signature"] = signature
+        else:
+            headers["Authorization"] = f"Signature {signature}"
+        delivery = Delivery(
+            id=str(uuid.uuid4()),
+            event=event,
+            resource_uri=resource_uri,
+            resource_name=resource_name,
+            url=registration["WebhookUrl"],
+            body=body,
+            headers=headers,
+            correlation_id=correlation_id,
+        )
+        self.deliveries.append(delivery)
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            delivery.status = "dropped"
+            return
+        self._dispatcher.schedule(delivery, 0.0)
+
+    def _attempt(self, delivery: Delivery) -> bool:
+        started = _timestamp()
+        try:
+            response = self._http.post(
+                delivery.url, content=delivery.body, headers=delivery.headers, timeout=self.delivery_timeout_seconds
+            )
+            code, message, system_error = response.status_code, response.reason_phrase, None
+        except httpx.HTTPError as error:
+            code, message, system_error = 0, "", f"{type(error).__name__}: {error}"
+        result = {"responseCode": code, "responseMessage": message, "systemError": system_error, "dateTimeUtc": started}
+        with self.lock:
+            if delivery not in self.deliveries:
+                return False  # reset while in flight
+            delivery.attempts.append(result)
+            succeeded = 200 <= code < 300
+            if succeeded:
+                delivery.status = "delivered"
+            elif len(delivery.attempts) >= self.max_attempts:
+                delivery.status = "parked"  # PC's offline queue: no more attempts
+            if delivery.correlation_id and delivery.correlation_id in self.validation_events:
+                record = self.validation_events[delivery.correlation_id]
+                record["results"].append(result)
+                record["status"] = "completed" if succeeded else delivery.status
+            if delivery.status == "pending":
+                delay = min(self.backoff_seconds * 2 ** (len(delivery.attempts) - 1), self.max_backoff_seconds)
+                self._dispatcher.schedule(delivery, delay)
+        return succeeded
+
+    # ---- control API ------------------------------------------------------------------------------
+    @route("POST", "/_sandbox/incoming-referral")
+    def _control_incoming(self, request: Request) -> Response:
+        try:
+            fields = self._json_object(request)
+        except ApiError as error:
+            return error.response()
+        defaults: JsonDict = {
+            "status": "New",
+            "substatus": "Pending",
+            "direction": "Incoming",
+            "type": "Shared",
+            "qualification": "SalesQualified",
+            "organizationId": PARTNER_ORGANIZATION_ID,
+            "organizationName": PARTNER_ORGANIZATION_NAME,
+            "expirationDateTime": _timestamp(_now() + dt.timedelta(days=14)),
+        }
+        invite = {"invitedBy": {"organizationId": "msft", "organizationName": "Microsoft"}}
+        fields = {**defaults, **fields, "inviteContext": {**invite, **(fields.get("inviteContext") or {})}}
+        with self.lock:
+            referral = self._store_new({key: value for key, value in fields.items() if key != "id"})
+            self._fire("referral-created", referral["id"])
+            created = copy.deepcopy(referral)
+        return json_response(201, created)
+
+    @route("POST", "/_sandbox/referrals/{referral_id}/as-microsoft")
+    def _control_as_microsoft(self, request: Request) -> Response:
+        try:
+            operations = request.json()
+            with self.lock:
+                partner = self._get(request.path_params["referral_id"])
+                microsoft = next(
+                    (
+                        item
+                        for item in self.referrals.values()
+                        if item["engagementId"] == partner["engagementId"] and item.get("organizationId") == "msft"
+                    ),
+                    None,
+                )
+                created = microsoft is None
+                if microsoft is None:
+                    microsoft = self._store_new(
+                        {
+                            "name": partner.get("name"),
+                            "engagementId": partner["engagementId"],
+                            "customerProfile": copy.deepcopy(partner.get("customerProfile")),
+                            "details": copy.deepcopy(partner.get("details")),
+                            "type": "Shared",
+                            "target": [{"type": "BusinessProfileLocation", "id": "msft"}],
+                        },
+                        organizationId="msft",
+                        organizationName="Microsoft",
+                        status="New",
+                        substatus="Received",
+                        direction="Incoming",
+                    )
+                # Microsoft's side is not bound by the partner's transition rules.
+                updated_microsoft = apply_json_patch(microsoft, operations)
+                self._commit_update(microsoft, updated_microsoft)
+                tracking = [op for op in operations if str(op.get("path", "")).startswith("/trackingInfo")]
+                if tracking:
+                    self._commit_update(partner, apply_json_patch(partner, tracking))
+                event = "related-referral-created" if created else "related-referral-updated"
+                self._fire(event, updated_microsoft["id"])
+                if tracking:
+                    self._fire("referral-updated", partner["id"])
+                result = {
+                    "partner": copy.deepcopy(self.referrals[partner["id"]]),
+                    "microsoft": copy.deepcopy(updated_microsoft),
+                }
+        except ApiError as error:
+            return error.response()
+        except (ValueError, AttributeError) as error:
+            return ApiError(400, "invalidRequest", f"Bad JSON Patch: {error}").response()
+        return json_response(200, result)
+
+    @route("POST", "/_sandbox/webhooks/drop")
+    def _control_drop(self, request: Request) -> Response:
+        body = request.json() or {}
+        count = body.get("count", 1) if isinstance(body, dict) else None
+        if not isinstance(count, int) or count < 0:
+            return json_response(400, {"error": {"code": "BadDrop", "message": "count must be a non-negative integer"}})
+        with self.lock:
+            self.drop_next = count
+        return json_response(200, {"drop_next": count})
+
+    @route("POST", "/_sandbox/webhooks/settings")
+    def _control_delivery_settings(self, request: Request) -> Response:
+        body = request.json()
+        allowed = {"backoff_seconds", "max_backoff_seconds", "max_attempts", "timeout_seconds"}
+        if not isinstance(body, dict) or not set(body) <= allowed:
+            message = f"body must be an object with some of {sorted(allowed)}"
+            return json_response(400, {"error": {"code": "BadSettings", "message": message}})
+        if not all(isinstance(value, int | float) and value > 0 for value in body.values()):
+            return json_response(400, {"error": {"code": "BadSettings", "message": "values must be positive numbers"}})
+        with self.lock:
+            self.backoff_seconds = float(body.get("backoff_seconds", self.backoff_seconds))
+            self.max_backoff_seconds = float(body.get("max_backoff_seconds", self.max_backoff_seconds))
+            self.max_attempts = int(body.get("max_attempts", self.max_attempts))
+            self.delivery_timeout_seconds = float(body.get("timeout_seconds", self.delivery_timeout_seconds))
+        return empty_response(204)
+
+
+def partner_center_factory(**options: Any) -> Callable[[str], PartnerCenterSimulator]:
+    """`serve(partner_center_factory(), port=credentials.PARTNER_CENTER_PORT)`."""
+
+    def build(base_url: str) -> PartnerCenterSimulator:
+        return PartnerCenterSimulator(base_url, **options)
+
+    return build
