@@ -22,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 import importlib
 import inspect
 import json
@@ -303,9 +304,9 @@ class LocalHost:
             self._httpd = _HostHttpServer(("127.0.0.1", self.http_port), self)
             self._spawn("http", self._httpd.serve_forever)
         for timer in self.timer_functions:
-            self._spawn(f"timer-{timer.name}", lambda timer=timer: self._run_timer(timer))
+            self._spawn(f"timer-{timer.name}", functools.partial(self._run_timer, timer))
         for queue_function in self.queue_functions:
-            self._spawn(f"queue-{queue_function.name}", lambda qf=queue_function: self._pump_queue(qf))
+            self._spawn(f"queue-{queue_function.name}", functools.partial(self._pump_queue, queue_function))
         return self
 
     def stop(self) -> None:
@@ -384,7 +385,10 @@ class LocalHost:
                 body=body,
             )
             ok, result = self._invoke(
-                route.name, "http", lambda r=route, q=request: _call(r.function, {r.argument: q}), f"{method} {path}"
+                route.name,
+                "http",
+                functools.partial(_call, route.function, {route.argument: request}),
+                f"{method} {path}",
             )
             if not ok or not isinstance(result, func.HttpResponse):
                 return 500, [], b""
@@ -412,7 +416,7 @@ class LocalHost:
             self._invoke(
                 timer.name,
                 "timer",
-                lambda r=request: _call(timer.function, {timer.argument: r}),  # type: ignore[misc]
+                functools.partial(_call, timer.function, {timer.argument: request}),
                 f"scheduled={due.isoformat()}",
             )
             due = timer.schedule.next_after(max(due, dt.datetime.now(dt.UTC)))
@@ -481,7 +485,7 @@ class LocalHost:
 
         def invoke() -> Any:
             body = self._decode(str(message.content))
-            queue_message = QueueMessage(
+            queue_message = QueueMessage(  # type: ignore[no-untyped-call]
                 id=message.id,
                 body=body,
                 dequeue_count=dequeue_count,

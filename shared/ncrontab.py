@@ -89,8 +89,20 @@ class Schedule:
             raise ScheduleError(
                 f"{expression!r} has {len(parts)} fields; NCRONTAB needs six (second minute hour day month day-of-week)"
             )
-        fields = [_parse_field(part, index) for index, part in enumerate(parts)]
-        return cls(expression, *fields, any_day=parts[3] == "*", any_weekday=parts[5] == "*")
+        seconds, minutes, hours, days, months, weekdays = (
+            _parse_field(part, index) for index, part in enumerate(parts)
+        )
+        return cls(
+            expression,
+            seconds=seconds,
+            minutes=minutes,
+            hours=hours,
+            days=days,
+            months=months,
+            weekdays=weekdays,
+            any_day=parts[3] == "*",
+            any_weekday=parts[5] == "*",
+        )
 
     def _day_matches(self, moment: dt.datetime) -> bool:
         weekday = (moment.weekday() + 1) % 7  # Python: Monday=0; cron: Sunday=0

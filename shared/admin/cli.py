@@ -47,7 +47,10 @@ def _check_storage(settings: Settings, out: TextIO) -> bool:
     report = check_health(detailed=True, load_settings=lambda: settings)
     storage = report.details.get("storage", {})
     if storage.get("reachable"):
-        print(f"✔ storage reachable; queues {report.details.get('queues')}; dead letters {report.details.get('dead_letters')}", file=out)
+        print(
+            f"✔ storage reachable; queues {report.details.get('queues')}; dead letters {report.details.get('dead_letters')}",
+            file=out,
+        )
         return True
     print(f"✖ storage not reachable: {storage.get('error')}", file=out)
     return False
@@ -73,19 +76,22 @@ def _dead_letters(arguments: argparse.Namespace, out: TextIO) -> int:
         letters = state.list_dead_letters(limit=arguments.limit)
         for letter in letters:
             replayed = f" (replayed {letter.replayed_at:%Y-%m-%d %H:%M})" if letter.replayed_at else ""
-            print(f"{letter.id}  {letter.time:%Y-%m-%d %H:%M:%S}  {letter.queue}  x{letter.dequeue_count}{replayed}", file=out)
+            print(
+                f"{letter.id}  {letter.time:%Y-%m-%d %H:%M:%S}  {letter.queue}  x{letter.dequeue_count}{replayed}",
+                file=out,
+            )
             print(f"    reason:  {letter.reason}", file=out)
             print(f"    payload: {letter.payload}", file=out)
         if not letters:
             print("no dead letters", file=out)
         return 0
-    letter = state.get_dead_letter(arguments.id)
-    if letter is None:
+    found = state.get_dead_letter(arguments.id)
+    if found is None:
         print(f"no dead letter with id {arguments.id}", file=out)
         return 1
-    bootstrap.queue_producer().send_text(letter.payload, queue=letter.queue)
-    state.mark_dead_letter_replayed(letter.id)
-    print(f"replayed {letter.id} onto {letter.queue}", file=out)
+    bootstrap.queue_producer().send_text(found.payload, queue=found.queue)
+    state.mark_dead_letter_replayed(found.id)
+    print(f"replayed {found.id} onto {found.queue}", file=out)
     return 0
 
 
@@ -133,5 +139,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except SettingsError as error:
         print(str(error), file=stream)
         return 1
-
-
