@@ -1,0 +1,1 @@
+"""Wire models: the Partner Center referral (`referral`) and the webhook envelope (`webhook`)."""
