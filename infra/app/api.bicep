@@ -39,6 +39,9 @@ var platformSettings = {
   AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // With host.json telemetryMode=OpenTelemetry: the Python worker configures azure-monitor-opentelemetry
+  // itself, so logs and traces from our code share one trace with the host's.
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
 }
 
 module functionApp 'br/public:avm/res/web/site:0.15.1' = {

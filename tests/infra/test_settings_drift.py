@@ -60,6 +60,10 @@ ONLY_ON_SOME_SIDES: dict[str, tuple[frozenset[str], str]] = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": (frozenset({BICEP}), "the host: telemetry destination"),
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": (frozenset({BICEP}), "the host: Entra auth for telemetry"),
     "AZURE_CLIENT_ID": (frozenset({BICEP}), "azure-identity: which managed identity DefaultAzureCredential uses"),
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": (
+        frozenset({BICEP}),
+        "the Python worker: OpenTelemetry to Application Insights (host.json telemetryMode)",
+    ),
 }
 
 # Tables declared in the Bicep before the code that uses them lands (name -> who will use it).
