@@ -21,6 +21,7 @@ to 10 times with exponential back-off, then parked (as PC's "offline queue").
 
 Control API (besides reset/state/requests/faults of `sandbox.server`):
     POST /_sandbox/incoming-referral          Microsoft shares a new referral (body: referral fields)
+    POST /_sandbox/referrals                  seed: a JSON array of referrals, stored as given (no webhooks)
     POST /_sandbox/referrals/{id}/as-microsoft  JSON Patch applied by Microsoft's side of the
         engagement: kept on Microsoft's related referral (same engagementId, created on first use);
         `/trackingInfo/...` also lands on the partner's referral. Fires `related-referral-created`
@@ -938,6 +939,16 @@ class PartnerCenterSimulator(Simulator):
             self._fire("referral-created", referral["id"])
             created = copy.deepcopy(referral)
         return json_response(201, created)
+
+    @route("POST", "/_sandbox/referrals")
+    def _control_seed(self, request: Request) -> Response:
+        """Seed referrals (a JSON array of referral fields) without firing webhooks."""
+        body = request.json()
+        if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+            return json_response(400, {"error": {"code": "BadSeed", "message": "body must be a JSON array of objects"}})
+        with self.lock:
+            stored = [copy.deepcopy(self._store_new(dict(item))) for item in body]
+        return json_response(201, {"value": stored})
 
     @route("POST", "/_sandbox/referrals/{referral_id}/as-microsoft")
     def _control_as_microsoft(self, request: Request) -> Response:

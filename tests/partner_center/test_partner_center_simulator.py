@@ -153,9 +153,13 @@ def test_put_requires_if_match(api: httpx.Client) -> None:
     assert api.get(f"/referrals/{referral['id']}").json()["name"] == "renamed"
 
 
-def test_paging_filter_and_orderby(api: httpx.Client, partner_center: PartnerCenterSimulator) -> None:
-    for _ in range(250):
-        assert api.post("/referrals", json=create_request()).status_code == 200
+def test_paging_filter_and_orderby(api: httpx.Client, partner_center: PartnerCenterSimulator, ca_bundle: str) -> None:
+    seeded = httpx.post(
+        f"{partner_center.base_url}/_sandbox/referrals",
+        json=[create_request() for _ in range(250)],
+        verify=tls_context(ca_bundle),
+    )
+    assert seeded.status_code == 201
     first = api.get("/referrals", params={"$orderby": "updatedDateTime"}).json()
     assert first["@odata.count"] == 250 and len(first["value"]) == 100
     seen = [item["id"] for item in first["value"]]
@@ -169,7 +173,7 @@ def test_paging_filter_and_orderby(api: httpx.Client, partner_center: PartnerCen
     middle = partner_center.referrals[seen[200]]["updatedDateTime"]
     recent = api.get("/referrals", params={"$filter": f"updatedDateTime ge {middle}"}).json()
     assert recent["@odata.count"] == 50
-    top = api.get("/referrals", params={"$top": "10", "$filter": "(direction eq 'Outgoing' and status eq 'Active')"})
+    top = api.get("/referrals", params={"$top": "10", "$filter": "(direction eq 'Outgoing' and status eq 'New')"})
     assert len(top.json()["value"]) == 10 and "@odata.nextLink" not in top.json()
     unsupported = api.get("/referrals", params={"$filter": "name eq 'x'"})
     assert unsupported.status_code == 400
