@@ -75,6 +75,7 @@ class FieldDef:
     restricted: bool = False
     reference_to: list[str] = field(default_factory=list)
     relationship_name: str | None = None
+    child_relationship_name: str | None = None  # custom lookups: the parent's name for the children
     external_id: bool = False
     unique: bool = False
     custom: bool = False
@@ -708,8 +709,8 @@ def _link_children(objects: dict[str, ObjectDef]) -> None:
             standard = _STANDARD_CHILD_NAMES.get((child.name, item.name))
             if standard:
                 name, cascade = standard
-            elif item.custom and item.relationship_name:
-                name, cascade = item.relationship_name, False
+            elif item.custom and item.child_relationship_name:
+                name, cascade = item.child_relationship_name, False
             else:
                 continue
             parent.child_relationships.append(ChildRelationship(name, child.name, item.name, cascade))
@@ -731,7 +732,8 @@ def field_from_spec(spec: FieldSpec) -> FieldDef:
         picklist=list(spec.picklist_values),
         restricted=spec.restricted_picklist,
         reference_to=[spec.reference_to] if spec.reference_to else [],
-        relationship_name=(spec.relationship_name + "__r") if spec.relationship_name else None,
+        relationship_name=spec.name.removesuffix("__c") + "__r" if spec.reference_to else None,
+        child_relationship_name=(spec.relationship_name + "__r") if spec.relationship_name else None,
         external_id=spec.external_id,
         unique=spec.unique,
         custom=True,

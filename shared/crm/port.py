@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -206,7 +206,7 @@ class RecordUpdate(_Record):
     referral_status: str | None = None
     microsoft_crm_id: str | None = None
 
-    def written(self) -> dict[str, object]:
+    def written(self) -> dict[str, Any]:
         """The explicitly set values, by neutral name."""
         return {name: getattr(self, name) for name in self.model_fields_set}
 

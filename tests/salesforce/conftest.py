@@ -13,6 +13,9 @@ from requests.adapters import HTTPAdapter
 from sandbox.salesforce import SalesforceSimulator
 from sandbox.server import RunningServer, serve
 from sandbox.tls import ensure_ca
+from shared.crm.salesforce import SalesforceAdapter
+from shared.settings import Settings, load_settings
+from tests.conftest import base_environment
 
 
 class TrustSandboxCA(HTTPAdapter):
@@ -73,3 +76,25 @@ def fresh_org_server() -> Iterator[RunningServer]:
     finally:
         server.stop()
         assert server.errors == []
+
+
+def adapter_settings(server: RunningServer, **overrides: str) -> Settings:
+    """Valid app settings pointing the Salesforce adapter at the simulator (client credentials by default)."""
+    environment = base_environment(
+        "UseDevelopmentStorage=true",
+        SALESFORCE_LOGIN_URL=server.url,
+        TLS_CA_BUNDLE=str(ensure_ca().cert_path),
+        SALESFORCE_API_VERSION="62.0",
+    )
+    environment.update(overrides)
+    return load_settings(environment)
+
+
+def make_adapter(server: RunningServer, **overrides: str) -> SalesforceAdapter:
+    """An adapter that records its back-off sleeps instead of sleeping (tests await conditions, never sleep)."""
+    sleeps: list[float] = []
+    adapter = SalesforceAdapter(
+        adapter_settings(server, **overrides), retry_delays=(0.5, 1.0, 2.0), sleep=sleeps.append
+    )
+    adapter.test_sleeps = sleeps  # type: ignore[attr-defined]
+    return adapter
