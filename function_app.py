@@ -39,6 +39,18 @@ def health_details(req: func.HttpRequest) -> func.HttpResponse:
     return _json(report.detailed_body(), report.http_status)
 
 
+# ---- Partner Center -------------------------------------------------------------------------------
+@app.route(route="partner-center/events", methods=["POST"])
+def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key + Partner Center signature: verify, enqueue a `sync` message, acknowledge."""
+    from shared.partner_center import runtime, webhook
+
+    result = webhook.receive_event(req.get_body(), dict(req.headers), runtime.webhook_verifier())
+    if result.message is not None:
+        bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
+    return _json(result.body, result.status)
+
+
 # ---- Dead letters ---------------------------------------------------------------------------------
 @app.queue_trigger(arg_name="message", queue_name=SYNC_POISON_QUEUE, connection="AzureWebJobsStorage")
 def quarantine_poison_sync_request(message: func.QueueMessage) -> None:
