@@ -1346,6 +1346,7 @@ class _QueryExecutor:
             and (parent is None or record.get(parent[0]) == parent[1])
         ]
         if query.where is not None:
+            self.validate(definition, query.where)
             candidates = [record for record in candidates if self.matches(definition, record, query.where)]
         for order in reversed(query.order_by):
             self.resolve(definition, order.path)
@@ -1411,6 +1412,16 @@ class _QueryExecutor:
         row[key] = nested
         self._put(target, related, nested, parts[1:])
 
+    def validate(self, definition: ObjectDef, condition: Any) -> None:
+        if isinstance(condition, BoolOp):
+            for operand in condition.operands:
+                self.validate(definition, operand)
+        elif isinstance(condition, Not):
+            self.validate(definition, condition.operand)
+        else:
+            _, item = self.resolve(definition, condition.path)
+            _check_literals(item, condition.operator, condition.value, condition.path.text)
+
     def matches(self, definition: ObjectDef, record: JsonDict, condition: Any) -> bool:
         if isinstance(condition, BoolOp):
             results = (self.matches(definition, record, operand) for operand in condition.operands)
@@ -1462,13 +1473,13 @@ def _literal_fits(item: FieldDef, literal: Any) -> bool:
     return isinstance(literal, str)
 
 
-def _compare(item: FieldDef, stored: Any, operator: str, literal: Any, name: str) -> bool:
-    literals = literal if operator in ("IN", "NOTIN") else [literal]
+def _check_literals(item: FieldDef, operator: str, literal: Any, name: str) -> None:
+    """Refuse a filter whose value does not fit the field's type, as Salesforce does (before reading rows)."""
     if operator == "LIKE":
         if item.type not in ("string", "textarea", "picklist", "url", "email", "phone", "id", "reference"):
             raise SalesforceApiError(400, "INVALID_FIELD", f"invalid operator on field: {name}")
-        return stored is not None and isinstance(literal, LikePattern) and bool(literal.regex.match(str(stored)))
-    for value in literals:
+        return
+    for value in literal if operator in ("IN", "NOTIN") else [literal]:
         if not _literal_fits(item, value):
             kind = {"datetime": "dateTime"}.get(item.type, item.type)
             quoted = "should not be enclosed in quotes" if isinstance(value, str) else "should be enclosed in quotes"
@@ -1477,6 +1488,12 @@ def _compare(item: FieldDef, stored: Any, operator: str, literal: Any, name: str
                 "INVALID_FIELD",
                 f"value of filter criterion for field '{name}' must be of type {kind} and {quoted}",
             )
+
+
+def _compare(item: FieldDef, stored: Any, operator: str, literal: Any, name: str) -> bool:
+    literals = literal if operator in ("IN", "NOTIN") else [literal]
+    if operator == "LIKE":
+        return stored is not None and isinstance(literal, LikePattern) and bool(literal.regex.match(str(stored)))
     left = _comparable(item, stored)
     if operator in ("IN", "NOTIN"):
         found = any(_equal(item, left, value) for value in literals)
