@@ -51,6 +51,14 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
     return _json(result.body, result.status)
 
 
+@app.timer_trigger(arg_name="timer", schedule="%PC_TOKEN_REFRESH_SCHEDULE%", run_on_startup=False)
+def refresh_partner_center_sign_in(timer: func.TimerRequest) -> None:
+    """Redeem the Partner Center refresh token so it never idles out; failures go to the health page."""
+    from shared.partner_center import runtime
+
+    runtime.auth().refresh()
+
+
 # ---- Dead letters ---------------------------------------------------------------------------------
 @app.queue_trigger(arg_name="message", queue_name=SYNC_POISON_QUEUE, connection="AzureWebJobsStorage")
 def quarantine_poison_sync_request(message: func.QueueMessage) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
+    from shared.partner_center.auth import PartnerCenterAuth
     from shared.partner_center.webhook import SignatureVerifier
 
 
@@ -22,5 +23,13 @@ def webhook_verifier() -> SignatureVerifier:
     return SignatureVerifier.from_settings(get_settings())
 
 
+@functools.cache
+def auth() -> PartnerCenterAuth:
+    from shared.partner_center.auth import PartnerCenterAuth
+
+    return PartnerCenterAuth.from_settings(get_settings())
+
+
 def reset() -> None:
     webhook_verifier.cache_clear()
+    auth.cache_clear()
