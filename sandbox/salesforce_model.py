@@ -14,28 +14,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from shared.crm.salesforce_schema import FieldSpec, ObjectSpec
+from shared.crm.salesforce_schema import DESCRIBE_TYPES, FieldSpec, ObjectSpec
 
 JsonDict = dict[str, Any]
 
-# Metadata API field type -> describe type
-_METADATA_TYPES = {
-    "Text": "string",
-    "TextArea": "textarea",
-    "LongTextArea": "textarea",
-    "Checkbox": "boolean",
-    "Url": "url",
-    "Email": "email",
-    "Phone": "phone",
-    "Picklist": "picklist",
-    "DateTime": "datetime",
-    "Date": "date",
-    "Number": "double",
-    "Currency": "currency",
-    "Percent": "percent",
-    "Lookup": "reference",
-    "MasterDetail": "reference",
-}
 _DESCRIBE_LENGTHS = {"url": 255, "email": 80, "phone": 40}
 
 
@@ -718,7 +700,7 @@ def _link_children(objects: dict[str, ObjectDef]) -> None:
 
 def field_from_spec(spec: FieldSpec) -> FieldDef:
     """A custom field as Salesforce materialises it from metadata (Checkbox defaults to false)."""
-    kind = _METADATA_TYPES.get(spec.type)
+    kind = DESCRIBE_TYPES.get(spec.type)
     if kind is None:
         raise SalesforceApiError(400, "FIELD_INTEGRITY_EXCEPTION", f"Unsupported field type: {spec.type}", ["type"])
     length = spec.length or _DESCRIBE_LENGTHS.get(kind, 18 if kind == "reference" else 0)

@@ -707,14 +707,7 @@ class SalesforceAdapter:
             "BillingPostalCode": account.postal_code,
             self.country_field: account.country,
         }
-        created = self._call(
-            "find_or_create_account",
-            lambda sf: _sobject(sf, "Account").create(
-                {key: value for key, value in values.items() if value is not None}
-            ),
-            idempotent=False,
-        )
-        return str(created["id"])
+        return self._create_record("find_or_create_account", "Account", values)
 
     def find_or_create_contact(self, contact: CrmContact, account_id: str | None) -> str:
         if contact.email:
@@ -730,13 +723,12 @@ class SalesforceAdapter:
             "Title": contact.title,
             "AccountId": account_id,
         }
-        created = self._call(
-            "find_or_create_contact",
-            lambda sf: _sobject(sf, "Contact").create(
-                {key: value for key, value in values.items() if value is not None}
-            ),
-            idempotent=False,
-        )
+        return self._create_record("find_or_create_contact", "Contact", values)
+
+    def _create_record(self, operation: str, object_name: str, values: dict[str, Any]) -> str:
+        """Create one record from the non-empty values (a create is never repeated blindly: see `_call`)."""
+        present = {key: value for key, value in values.items() if value is not None}
+        created = self._call(operation, lambda sf: _sobject(sf, object_name).create(present), idempotent=False)
         return str(created["id"])
 
     def set_contacts(self, ref: CrmRef, contact_ids: Sequence[str]) -> None:

@@ -24,26 +24,15 @@ from typing import Any, Literal, TextIO
 
 from shared.crm.port import CrmError
 from shared.crm.salesforce import SalesforceAdapter
-from shared.crm.salesforce_schema import PERMISSION_SET_NAME, FieldSpec, ObjectSpec, load_objects, load_permission_set
+from shared.crm.salesforce_schema import (
+    DESCRIBE_TYPES,
+    PERMISSION_SET_NAME,
+    FieldSpec,
+    ObjectSpec,
+    load_objects,
+    load_permission_set,
+)
 from shared.settings import Settings, load_settings
-
-# Metadata API field type -> the describe type Salesforce reports for it
-_DESCRIBE_TYPES = {
-    "Text": "string",
-    "TextArea": "textarea",
-    "LongTextArea": "textarea",
-    "Checkbox": "boolean",
-    "Url": "url",
-    "Email": "email",
-    "Phone": "phone",
-    "Picklist": "picklist",
-    "DateTime": "datetime",
-    "Date": "date",
-    "Number": "double",
-    "Currency": "currency",
-    "Lookup": "reference",
-    "MasterDetail": "reference",
-}
 
 
 @dataclass(frozen=True)
@@ -122,7 +111,7 @@ class SalesforceProvisioner:
                 current = described.get(field.name.lower())
                 if current is None:
                     continue  # exists but not visible to us yet (field-level security): the permission step fixes that
-                if current.get("type") != _DESCRIBE_TYPES.get(field.type):
+                if current.get("type") != DESCRIBE_TYPES.get(field.type):
                     reason = f"is {current.get('type')} in the org, the schema says {field.type}; change it in Setup"
                     changes.append(Change("conflict", "CustomField", field.full_name, reason))
                     continue

@@ -15,6 +15,24 @@ from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "crm_schema" / "salesforce" / "force-app" / "main" / "default"
 PERMISSION_SET_NAME = "PCS_Integration"
+# Metadata API field type -> the type Salesforce's describe reports for such a field
+DESCRIBE_TYPES = {
+    "Text": "string",
+    "TextArea": "textarea",
+    "LongTextArea": "textarea",
+    "Checkbox": "boolean",
+    "Url": "url",
+    "Email": "email",
+    "Phone": "phone",
+    "Picklist": "picklist",
+    "DateTime": "datetime",
+    "Date": "date",
+    "Number": "double",
+    "Currency": "currency",
+    "Percent": "percent",
+    "Lookup": "reference",
+    "MasterDetail": "reference",
+}
 _NS = {"md": "http://soap.sforce.com/2006/04/metadata"}
 
 
