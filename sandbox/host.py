@@ -175,6 +175,7 @@ class HttpRoute:
 class _HttpHandler(BaseHTTPRequestHandler):
     server: _HostHttpServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small responses go out at once, not after the client's ACK
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """The host logs one line per invocation instead."""

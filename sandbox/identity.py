@@ -42,15 +42,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sandbox import credentials, server
-from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response
+from sandbox import credentials
+from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from sandbox.tls import sandbox_dir
 
 SIGNING_KEY_FILE = "identity-signing-key.pem"
@@ -59,15 +59,6 @@ _OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 _key_lock = threading.Lock()
 
 DeviceCodeApproval = Literal["first-poll", "manual"]
-
-_SimulatorT = TypeVar("_SimulatorT", bound=Simulator)
-_Handler = Callable[[_SimulatorT, Request], Response]
-
-
-def route(method: str, pattern: str) -> Callable[[_Handler[_SimulatorT]], _Handler[_SimulatorT]]:
-    """`sandbox.server.route`, typed for subclass methods (its `Handler` names the base class only)."""
-    return cast(Callable[[_Handler[_SimulatorT]], _Handler[_SimulatorT]], server.route(method, pattern))
-
 
 class InvalidAccessToken(Exception):
     """A bearer token failed verification; `reason` says why in plain words."""

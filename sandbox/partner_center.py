@@ -53,8 +53,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sandbox import credentials
-from sandbox.identity import InvalidAccessToken, route, verify_access_token
-from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response
+from sandbox.identity import InvalidAccessToken, verify_access_token
+from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from sandbox.tls import ensure_ca, issue_certificate
 from shared.partner_center.http import tls_context
 

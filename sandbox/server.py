@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,12 +75,14 @@ def empty_response(status: int = 204, headers: dict[str, str] | None = None) -> 
 
 
 Handler = Callable[["Simulator", Request], Response]
+SimulatorT = TypeVar("SimulatorT", bound="Simulator")
+SubclassHandler = Callable[[SimulatorT, Request], Response]
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
-    """Mark a Simulator method as the handler of `METHOD /path/{param}`."""
+def route(method: str, pattern: str) -> Callable[[SubclassHandler[SimulatorT]], SubclassHandler[SimulatorT]]:
+    """Mark a Simulator method (of any subclass) as the handler of `METHOD /path/{param}`."""
 
-    def mark(handler: Handler) -> Handler:
+    def mark(handler: SubclassHandler[SimulatorT]) -> SubclassHandler[SimulatorT]:
         routes: list[tuple[str, str]] = getattr(handler, "_routes", [])
         routes.append((method.upper(), pattern))
         handler._routes = routes  # type: ignore[attr-defined]
@@ -276,6 +278,8 @@ class Simulator:
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _SimulatorHTTPServer
     protocol_version = "HTTP/1.1"
+    # Without this, Nagle's algorithm holds small responses ~40 ms waiting for the client's ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silence the default stderr line per request; the simulator keeps its own log."""

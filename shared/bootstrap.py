@@ -8,6 +8,7 @@ Tests build their own objects from `Settings` instead of going through these pro
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from shared.admin.health import DetailSection
 from shared.settings import Settings, get_settings, reset_settings_cache
@@ -37,11 +38,22 @@ def queue_producer() -> QueueProducer:
 
 def reset() -> None:
     """Forget everything built so far (after the environment changed: local host reloads, tests)."""
+    from shared.partner_center import runtime
+
     reset_settings_cache()
     for cached in (storage, state_store, queue_producer):
         cached.cache_clear()
+    runtime.reset()
+
+
+def _partner_center_sign_in(settings: Settings) -> tuple[str, dict[str, Any], bool]:
+    """The stored Partner Center sign-in: who, when the refresh token was last used, last error."""
+    from shared.partner_center import runtime
+
+    summary = runtime.auth().health_summary()
+    return "partner_center", summary, bool(summary.get("healthy"))
 
 
 def health_sections() -> tuple[DetailSection, ...]:
     """Extra sections of the health report, beyond settings, storage, queues and dead letters."""
-    return ()
+    return (_partner_center_sign_in,)

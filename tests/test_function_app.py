@@ -11,6 +11,8 @@ EXPECTED = {
     "health": "httpTrigger",
     "health_details": "httpTrigger",
     "quarantine_poison_sync_request": "queueTrigger",
+    "receive_partner_center_event": "httpTrigger",
+    "refresh_partner_center_sign_in": "timerTrigger",
 }
 
 

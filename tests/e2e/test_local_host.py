@@ -35,10 +35,12 @@ def host(app_environment: dict[str, str]) -> Iterator[LocalHost]:
     running.stop()
 
 
-def test_public_health_says_ok_and_the_version_only(host: LocalHost) -> None:
+def test_public_health_says_status_and_version_only(host: LocalHost) -> None:
+    """No Partner Center sign-in is stored in this environment, so the app cannot sync: degraded,
+    and the public answer does not say why."""
     response = httpx.get(f"{host.url}/api/health")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "version": "0.1.0"}
+    assert response.status_code == 503
+    assert response.json() == {"status": "degraded", "version": "0.1.0"}
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])
@@ -51,9 +53,10 @@ def test_function_level_routes_refuse_a_missing_or_wrong_key(host: LocalHost, ke
 def test_detailed_health_with_a_function_key(host: LocalHost, empty_sync_queues: None) -> None:
     by_query = httpx.get(f"{host.url}/api/health/details", params={"code": credentials.FUNCTION_KEY})
     by_header = httpx.get(f"{host.url}/api/health/details", headers={"x-functions-key": credentials.FUNCTION_KEY})
-    assert by_query.status_code == by_header.status_code == 200
+    assert by_query.status_code == by_header.status_code == 503
     body = by_query.json()
-    assert body["status"] == "ok"
+    assert body["status"] == "degraded"
+    assert body["partner_center"]["signed_in"] is False  # the reason it is degraded
     assert body["settings"] == {"valid": True, "problems": []}
     assert body["storage"] == {"reachable": True}
     assert body["queues"] == {"sync": 0, "sync-poison": 0}
