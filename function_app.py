@@ -59,6 +59,16 @@ def refresh_partner_center_sign_in(timer: func.TimerRequest) -> None:
     runtime.auth().refresh()
 
 
+# Not `admin/...`: the Functions host reserves routes whose first segment is `admin`, whatever the prefix.
+@app.route(route="manage/partner-center/webhook-registration", methods=["POST"])
+def register_partner_center_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: register `{"url", "send_test"}` with Partner Center (GET -> compare -> POST/PUT)."""
+    from shared.partner_center import registration
+
+    status, body = registration.handle_registration_request(req.get_body())
+    return _json(body, status)
+
+
 # ---- Dead letters ---------------------------------------------------------------------------------
 @app.queue_trigger(arg_name="message", queue_name=SYNC_POISON_QUEUE, connection="AzureWebJobsStorage")
 def quarantine_poison_sync_request(message: func.QueueMessage) -> None:

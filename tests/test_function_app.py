@@ -13,6 +13,7 @@ EXPECTED = {
     "quarantine_poison_sync_request": "queueTrigger",
     "receive_partner_center_event": "httpTrigger",
     "refresh_partner_center_sign_in": "timerTrigger",
+    "register_partner_center_webhook": "httpTrigger",
 }
 
 
@@ -30,6 +31,11 @@ def test_http_routes_and_auth_levels() -> None:
     assert triggers["health"]["authLevel"].value == "anonymous"
     assert triggers["health_details"]["route"] == "health/details"
     assert triggers["health_details"]["authLevel"].value == "function"
+    registration = triggers["register_partner_center_webhook"]
+    assert registration["route"] == "manage/partner-center/webhook-registration"
+    assert registration["authLevel"].value == "function"
+    # The Functions host refuses any route whose first segment is `admin` (reserved for its own API).
+    assert not [name for name, t in triggers.items() if str(t.get("route", "")).lower().startswith("admin")]
 
 
 def test_poison_trigger_listens_on_the_sync_poison_queue() -> None:

@@ -18,7 +18,9 @@ from typing import Any, TextIO
 from shared.settings import Settings, SettingsError, apply_local_settings_file, load_settings, reference_markdown
 
 # Command groups contributed by the integrations: name -> module with `register(subparsers)`.
-COMMAND_GROUPS: dict[str, str] = {}
+COMMAND_GROUPS: dict[str, str] = {
+    "partner-center": "shared.partner_center.commands",
+}
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
