@@ -8,13 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-import function_app
 from sandbox import credentials
-from sandbox.host import LocalHost, functions_of
+from sandbox.host import LocalHost
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
-from shared import bootstrap
-from shared.partner_center import runtime
 from shared.partner_center.client import PartnerCenterUnavailableError
 from shared.partner_center.http import tls_context
 from shared.partner_center.registration import (
@@ -26,6 +23,10 @@ from shared.partner_center.registration import (
 )
 from shared.settings import Settings, load_settings
 from tests.conftest import base_environment
+from tests.partner_center import test_webhook_e2e
+
+# The events endpoint on the local Functions host, exactly as the intake's end-to-end test runs it.
+events_host = test_webhook_e2e.host
 
 OUR_URL = "https://cosell.example/api/partner-center/events?code=our-function-key"
 OTHER_URL = "https://connector.example/api/events?code=other-tools-key"
@@ -155,28 +156,6 @@ def test_bad_urls_are_refused_naming_the_field() -> None:
 
 
 # ---- validation events, delivered to the local Functions host ------------------------------------
-@pytest.fixture
-def events_host(
-    app_environment: dict[str, str], pc_server: RunningServer, ca_bundle: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[LocalHost]:
-    environment = {
-        **app_environment,
-        "TLS_CA_BUNDLE": ca_bundle,
-        "PC_WEBHOOK_TRUSTED_ROOTS": ca_bundle,
-        "PC_WEBHOOK_CERT_HOSTS": pc_server.url.removeprefix("https://"),
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    bootstrap.reset()
-    runtime.reset()
-    host = LocalHost(
-        functions=functions_of([function_app.app], ["receive_partner_center_event"]), environ=environment, http_port=0
-    ).start()
-    yield host
-    host.stop()
-    runtime.reset()
-
-
 @pytest.mark.azurite
 @pytest.mark.e2e
 def test_send_test_reports_delivery_to_the_running_host(
