@@ -128,6 +128,28 @@ def test_same_url_missing_an_event_is_completed_with_put(
     assert set(partner_center.state()["registration"]["WebhookEvents"]) == set(WEBHOOK_EVENTS)
 
 
+def test_a_registration_made_between_our_read_and_our_post_is_replaced_and_reported(
+    registrar: WebhookRegistrar,
+    partner_center: PartnerCenterSimulator,
+    pc_server: RunningServer,
+    webhook_api_token: str,
+    ca_bundle: str,
+) -> None:
+    _register_directly(pc_server, webhook_api_token, ca_bundle, OTHER_URL, ["referral-created"])
+    # Our first GET sees "none" (as if it ran just before the other tool registered).
+    httpx.post(
+        f"{pc_server.url}/_sandbox/faults",
+        json={"method": "GET", "path_prefix": "/webhooks/v1/registration", "status": 404, "count": 1},
+        verify=tls_context(ca_bundle),
+    ).raise_for_status()
+
+    result = registrar.ensure(OUR_URL)
+
+    assert result.action == "updated" and result.overwritten_url == OTHER_URL
+    assert _writes(partner_center) == ["POST", "POST", "PUT"]  # seed, our refused POST, our PUT
+    assert partner_center.state()["registration"]["WebhookUrl"] == OUR_URL
+
+
 def test_registration_api_errors_are_typed(
     pc_settings: Settings, webhook_api_token: str, pc_server: RunningServer, partner_center: PartnerCenterSimulator
 ) -> None:
