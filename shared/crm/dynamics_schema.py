@@ -94,6 +94,13 @@ class AlternateKey(_Definition):
     display_name: str = Field(alias="displayName")
     key_attributes: tuple[str, ...] = Field(alias="keyAttributes")
 
+    @model_validator(mode="after")
+    def _logical_is_lower_schema(self) -> AlternateKey:
+        # Dataverse derives a key's logical name from its schema name; a mismatch would never be found.
+        if self.logical_name != self.schema_name.lower():
+            raise ValueError(f"key {self.schema_name}: logicalName must be the lower-cased schemaName")
+        return self
+
 
 class Table(_Definition):
     logical_name: str = Field(alias="logicalName")
