@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, default=PROJECT_ROOT / "local.settings.json")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every HTTP request at INFO
     host = build_host(app_reference=arguments.app, port=arguments.port, local_settings=arguments.settings)
     host.start()
     log.info("local Functions host on %s/%s with %d functions", host.url, host.route_prefix, len(host.functions))

@@ -81,11 +81,6 @@ RestHandler = Callable[["SalesforceSimulator", Request, str], Response]
 SimulatorHandler = Callable[["SalesforceSimulator", Request], Response]
 
 
-def _route(method: str, pattern: str) -> Callable[[SimulatorHandler], SimulatorHandler]:
-    """`sandbox.server.route`, typed for this subclass (the framework's Handler names the base class)."""
-    return route(method, pattern)  # type: ignore[return-value]
-
-
 def jwt_signing_key_path() -> Path:
     """The sandbox connected app's JWT private key (generated on first use, git-ignored)."""
     return issue_certificate(JWT_CERTIFICATE_NAME, server=False).key_path
@@ -301,7 +296,7 @@ class SalesforceSimulator(Simulator):
             },
         )
 
-    @_route("POST", "/services/oauth2/token")
+    @route("POST", "/services/oauth2/token")
     def oauth_token(self, request: Request) -> Response:
         form = {
             key: values[0] for key, values in parse_qs(request.body.decode("utf-8"), keep_blank_values=True).items()
@@ -365,7 +360,7 @@ class SalesforceSimulator(Simulator):
             return refuse("invalid_grant", "user hasn't approved this consumer")
         return self._token_answer(user)
 
-    @_route("POST", "/services/Soap/u/{version}")
+    @route("POST", "/services/Soap/u/{version}")
     def soap_login(self, request: Request) -> Response:
         try:
             envelope = ET.fromstring(request.body)
@@ -392,13 +387,13 @@ class SalesforceSimulator(Simulator):
         return Response(500, body.encode("utf-8"), {"Content-Type": "text/xml; charset=utf-8"})
 
     # ---- control API ------------------------------------------------------------------------------------
-    @_route("POST", "/_sandbox/expire-sessions")
+    @route("POST", "/_sandbox/expire-sessions")
     def control_expire_sessions(self, request: Request) -> Response:
         with self.lock:
             self.sessions.clear()
         return empty_response(204)
 
-    @_route("POST", "/_sandbox/sessions")
+    @route("POST", "/_sandbox/sessions")
     def control_session(self, request: Request) -> Response:
         body = request.json() or {}
         with self.lock:
@@ -408,7 +403,7 @@ class SalesforceSimulator(Simulator):
             token = self._issue_session(user)
         return json_response(200, {"access_token": token, "instance_url": self.base_url, "user_id": user})
 
-    @_route("POST", "/_sandbox/clock")
+    @route("POST", "/_sandbox/clock")
     def control_clock(self, request: Request) -> Response:
         body = request.json() or {}
         with self.lock:
@@ -416,14 +411,14 @@ class SalesforceSimulator(Simulator):
             self.frozen_now = parse_datetime_value(now).astimezone(dt.UTC) if now else None
         return empty_response(204)
 
-    @_route("POST", "/_sandbox/page-size")
+    @route("POST", "/_sandbox/page-size")
     def control_page_size(self, request: Request) -> Response:
         size = int((request.json() or {}).get("size", 2000))
         with self.lock:
             self.page_size = max(1, min(size, 2000))
         return empty_response(204)
 
-    @_route("POST", "/_sandbox/convert-lead/{lead_id}")
+    @route("POST", "/_sandbox/convert-lead/{lead_id}")
     def control_convert_lead(self, request: Request) -> Response:
         with self.lock:
             try:
@@ -691,8 +686,8 @@ class SalesforceSimulator(Simulator):
         return self._current_version
 
     # ---- REST routes -----------------------------------------------------------------------------------
-    @_route("GET", "/services/data")
-    @_route("GET", "/services/data/")
+    @route("GET", "/services/data")
+    @route("GET", "/services/data/")
     def versions(self, request: Request) -> Response:
         return json_response(
             200,
@@ -702,23 +697,23 @@ class SalesforceSimulator(Simulator):
             ],
         )
 
-    @_route("GET", "/services/data/v{version}")
-    @_route("GET", "/services/data/v{version}/")
+    @route("GET", "/services/data/v{version}")
+    @route("GET", "/services/data/v{version}/")
     @_rest
     def resources(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
         names = ["sobjects", "query", "queryAll", "composite", "limits", "tooling"]
         return json_response(200, {name: f"/services/data/v{version}/{name}" for name in names})
 
-    @_route("GET", "/services/data/v{version}/limits")
-    @_route("GET", "/services/data/v{version}/limits/")
+    @route("GET", "/services/data/v{version}/limits")
+    @route("GET", "/services/data/v{version}/limits/")
     @_rest
     def limits(self, request: Request, user: str) -> Response:
         daily = {"Max": self.daily_api_limit, "Remaining": max(0, self.daily_api_limit - self.api_usage)}
         return json_response(200, {"DailyApiRequests": daily})
 
-    @_route("GET", "/services/data/v{version}/sobjects")
-    @_route("GET", "/services/data/v{version}/sobjects/")
+    @route("GET", "/services/data/v{version}/sobjects")
+    @route("GET", "/services/data/v{version}/sobjects/")
     @_rest
     def describe_global(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -731,15 +726,15 @@ class SalesforceSimulator(Simulator):
             },
         )
 
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}/describe")
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}/describe/")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe/")
     @_rest
     def describe_object(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
         return json_response(200, definition.describe(request.path_params["version"]))
 
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}")
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}/")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def object_metadata(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
@@ -747,8 +742,8 @@ class SalesforceSimulator(Simulator):
             200, {"objectDescribe": definition.summary(request.path_params["version"]), "recentItems": []}
         )
 
-    @_route("POST", "/services/data/v{version}/sobjects/{sobject}")
-    @_route("POST", "/services/data/v{version}/sobjects/{sobject}/")
+    @route("POST", "/services/data/v{version}/sobjects/{sobject}")
+    @route("POST", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def create(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -759,7 +754,7 @@ class SalesforceSimulator(Simulator):
             {"Location": self._record_url(request.path_params["sobject"], record_id)},
         )
 
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
     @_rest
     def get_record(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -768,19 +763,19 @@ class SalesforceSimulator(Simulator):
         fields = request.arg("fields")
         return json_response(200, self._shape(definition, record, fields.split(",") if fields else None))
 
-    @_route("PATCH", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
+    @route("PATCH", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
     @_rest
     def update(self, request: Request, user: str) -> Response:
         self._update(request.path_params["sobject"], request.path_params["record_id"], self._body(request), user)
         return empty_response(204)
 
-    @_route("DELETE", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
+    @route("DELETE", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
     @_rest
     def delete(self, request: Request, user: str) -> Response:
         self._delete(request.path_params["sobject"], request.path_params["record_id"], user)
         return empty_response(204)
 
-    @_route("GET", "/services/data/v{version}/sobjects/{sobject}/{field}/{value:path}")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{field}/{value:path}")
     @_rest
     def get_by_external_id(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -794,7 +789,7 @@ class SalesforceSimulator(Simulator):
             return json_response(300, [self._record_url(definition.name, match) for match in matches])
         return json_response(200, self._shape(definition, self.records[definition.name][matches[0]]))
 
-    @_route("PATCH", "/services/data/v{version}/sobjects/{sobject}/{field}/{value:path}")
+    @route("PATCH", "/services/data/v{version}/sobjects/{sobject}/{field}/{value:path}")
     @_rest
     def upsert(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -831,10 +826,10 @@ class SalesforceSimulator(Simulator):
         return body
 
     # ---- query ------------------------------------------------------------------------------------------
-    @_route("GET", "/services/data/v{version}/query")
-    @_route("GET", "/services/data/v{version}/query/")
-    @_route("GET", "/services/data/v{version}/queryAll")
-    @_route("GET", "/services/data/v{version}/queryAll/")
+    @route("GET", "/services/data/v{version}/query")
+    @route("GET", "/services/data/v{version}/query/")
+    @route("GET", "/services/data/v{version}/queryAll")
+    @route("GET", "/services/data/v{version}/queryAll/")
     @_rest
     def query(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -846,8 +841,8 @@ class SalesforceSimulator(Simulator):
         rows, total = self.run_query(soql, include_deleted=include_deleted)
         return json_response(200, self._page(rows, total, self._page_size(request), version, 0, None))
 
-    @_route("GET", "/services/data/v{version}/query/{locator}")
-    @_route("GET", "/services/data/v{version}/queryAll/{locator}")
+    @route("GET", "/services/data/v{version}/query/{locator}")
+    @route("GET", "/services/data/v{version}/queryAll/{locator}")
     @_rest
     def query_more(self, request: Request, user: str) -> Response:
         cursor, _, position = request.path_params["locator"].rpartition("-")
@@ -891,8 +886,8 @@ class SalesforceSimulator(Simulator):
         return executor.run(query)
 
     # ---- composite --------------------------------------------------------------------------------------
-    @_route("POST", "/services/data/v{version}/composite/sobjects")
-    @_route("PATCH", "/services/data/v{version}/composite/sobjects")
+    @route("POST", "/services/data/v{version}/composite/sobjects")
+    @route("PATCH", "/services/data/v{version}/composite/sobjects")
     @_rest
     def collection_write(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -916,7 +911,7 @@ class SalesforceSimulator(Simulator):
 
         return json_response(200, self._run_collection(records, bool(body.get("allOrNone")), write))
 
-    @_route("PATCH", "/services/data/v{version}/composite/sobjects/{sobject}/{field}")
+    @route("PATCH", "/services/data/v{version}/composite/sobjects/{sobject}/{field}")
     @_rest
     def collection_upsert(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -943,7 +938,7 @@ class SalesforceSimulator(Simulator):
 
         return json_response(200, self._run_collection(records, bool(body.get("allOrNone")), write))
 
-    @_route("DELETE", "/services/data/v{version}/composite/sobjects")
+    @route("DELETE", "/services/data/v{version}/composite/sobjects")
     @_rest
     def collection_delete(self, request: Request, user: str) -> Response:
         ids = [value for value in (request.arg("ids") or "").split(",") if value]
@@ -961,7 +956,7 @@ class SalesforceSimulator(Simulator):
         all_or_none = (request.arg("allOrNone") or "false").lower() == "true"
         return json_response(200, self._run_collection(ids, all_or_none, remove))
 
-    @_route("GET", "/services/data/v{version}/composite/sobjects/{sobject}")
+    @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}")
     @_rest
     def collection_retrieve(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -1008,8 +1003,8 @@ class SalesforceSimulator(Simulator):
             ]
         return results
 
-    @_route("POST", "/services/data/v{version}/composite")
-    @_route("POST", "/services/data/v{version}/composite/")
+    @route("POST", "/services/data/v{version}/composite")
+    @route("POST", "/services/data/v{version}/composite/")
     @_rest
     def composite(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1066,8 +1061,8 @@ class SalesforceSimulator(Simulator):
             self._nested = False
 
     # ---- Tooling API -------------------------------------------------------------------------------------
-    @_route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}")
-    @_route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}/")
+    @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}")
+    @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}/")
     @_rest
     def tooling_create(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1115,7 +1110,7 @@ class SalesforceSimulator(Simulator):
             raise SalesforceApiError(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(201, {"id": new_id, "success": True, "errors": [], "warnings": [], "infos": []})
 
-    @_route("PATCH", "/services/data/v{version}/tooling/sobjects/CustomField/{record_id}")
+    @route("PATCH", "/services/data/v{version}/tooling/sobjects/CustomField/{record_id}")
     @_rest
     def tooling_update_field(self, request: Request, user: str) -> Response:
         entry = self.tooling_fields.get(normalize_id(request.path_params["record_id"]))
@@ -1137,7 +1132,7 @@ class SalesforceSimulator(Simulator):
         entry["Metadata"] = spec.tooling_metadata()
         return empty_response(204)
 
-    @_route("GET", "/services/data/v{version}/tooling/sobjects/{sobject}/{record_id}")
+    @route("GET", "/services/data/v{version}/tooling/sobjects/{sobject}/{record_id}")
     @_rest
     def tooling_get(self, request: Request, user: str) -> Response:
         store = self.tooling_fields if request.path_params["sobject"] == "CustomField" else self.tooling_objects
@@ -1146,8 +1141,8 @@ class SalesforceSimulator(Simulator):
             raise SalesforceApiError(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(200, {"attributes": {"type": request.path_params["sobject"]}, **entry})
 
-    @_route("GET", "/services/data/v{version}/tooling/query")
-    @_route("GET", "/services/data/v{version}/tooling/query/")
+    @route("GET", "/services/data/v{version}/tooling/query")
+    @route("GET", "/services/data/v{version}/tooling/query/")
     @_rest
     def tooling_query(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]

@@ -20,6 +20,7 @@ from shared.settings import Settings, SettingsError, apply_local_settings_file, 
 # Command groups contributed by the integrations: name -> module with `register(subparsers)`.
 COMMAND_GROUPS: dict[str, str] = {
     "partner-center": "shared.partner_center.commands",
+    "salesforce": "shared.crm.salesforce_commands",
 }
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
