@@ -67,7 +67,8 @@ def start_all(
     ensure_ca()
     started: list[RunningServer] = []
     try:
-        started.append(serve(identity_factory(), port=identity_port))
+        # A 1 s device-code polling interval keeps the sandbox sign-in quick (Entra uses 5 s).
+        started.append(serve(identity_factory(device_code_interval_seconds=1), port=identity_port))
         started.append(serve(partner_center_factory(), port=partner_center_port))
         started.append(serve(lambda url: SalesforceSimulator(url), port=salesforce_port))
         started.append(serve(dataverse_factory(), port=dataverse_port))

@@ -10,6 +10,7 @@ import pytest
 
 from sandbox import credentials
 from sandbox.azurite import Azurite, start_azurite
+from sandbox.simulators import SandboxServices
 from shared.settings import Settings, load_settings
 from shared.sync.storage import StorageAccount
 
@@ -79,3 +80,15 @@ def empty_sync_queues(storage: StorageAccount) -> None:
         client = storage.queue_client(name)
         storage.ensure_queue(client)
         client.clear_messages()
+
+
+@pytest.fixture(scope="session")
+def sandbox_services() -> Iterator[SandboxServices]:
+    """Every simulator (identity, Partner Center, Salesforce, Dataverse) on free ports."""
+    from sandbox.simulators import start_all
+
+    services = start_all()
+    try:
+        yield services
+    finally:
+        services.stop()

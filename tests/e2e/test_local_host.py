@@ -11,7 +11,11 @@ import pytest
 import function_app
 from sandbox import credentials
 from sandbox.host import LocalHost, QueueOptions, functions_of
+from sandbox.simulators import SandboxServices
 from shared import bootstrap
+from shared.partner_center.auth import PartnerCenterAuth
+from shared.partner_center.token_store import TokenCacheStore
+from shared.settings import load_settings
 from shared.sync.queues import SYNC_POISON_QUEUE, PartnerCenterChange, QueueProducer
 from shared.sync.state import StateStore
 from shared.sync.storage import StorageAccount
@@ -26,7 +30,13 @@ def start_host(functions: list[Any], environ: dict[str, str], **options: Any) ->
 
 
 @pytest.fixture
-def host(app_environment: dict[str, str]) -> Iterator[LocalHost]:
+def signed_out(app_environment: dict[str, str], storage: StorageAccount) -> None:
+    """Tests share one Azurite: make sure no Partner Center sign-in is stored."""
+    TokenCacheStore(storage, app_environment["PC_TOKEN_CACHE_KEY"]).delete()
+
+
+@pytest.fixture
+def host(app_environment: dict[str, str], signed_out: None) -> Iterator[LocalHost]:
     running = start_host(
         functions_of([function_app.app], ["health", "health_details"]) + functions_of([apps.test_app], ["echo"]),
         app_environment,
@@ -76,7 +86,10 @@ def test_health_is_degraded_and_names_the_problem_when_settings_are_invalid(
 
 
 def test_health_is_degraded_when_storage_is_unreachable(host: LocalHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;TableEndpoint=http://127.0.0.1:9/devstoreaccount1")
+    monkeypatch.setenv(
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;TableEndpoint=http://127.0.0.1:9/devstoreaccount1",
+    )
     bootstrap.reset()
     details = httpx.get(f"{host.url}/api/health/details", params={"code": credentials.FUNCTION_KEY}, timeout=30).json()
     assert details["status"] == "degraded"
@@ -102,7 +115,9 @@ def test_routes_pass_method_route_params_query_headers_and_body(host: LocalHost)
 
 def test_a_timer_fires_on_its_schedule_resolved_from_an_app_setting(app_environment: dict[str, str]) -> None:
     apps.timer_ticks.clear()
-    running = start_host(functions_of([apps.test_app], ["tick"]), {**app_environment, "TEST_TIMER_SCHEDULE": "*/1 * * * * *"})
+    running = start_host(
+        functions_of([apps.test_app], ["tick"]), {**app_environment, "TEST_TIMER_SCHEDULE": "*/1 * * * * *"}
+    )
     try:
         wait_until(lambda: len(apps.timer_ticks) >= 2, timeout=10, what="two timer ticks")
     finally:
@@ -119,7 +134,8 @@ def test_a_failing_queue_function_is_retried_then_poisoned_and_dead_lettered(
     QueueProducer(storage).send(message)
 
     running = start_host(
-        functions_of([apps.test_app], ["always_fails"]) + functions_of([function_app.app], ["quarantine_poison_sync_request"]),
+        functions_of([apps.test_app], ["always_fails"])
+        + functions_of([function_app.app], ["quarantine_poison_sync_request"]),
         app_environment,
         queue_options=QueueOptions(visibility_timeout=0, max_polling_interval=0.2, max_dequeue_count=5),
     )
@@ -140,3 +156,24 @@ def test_a_failing_queue_function_is_retried_then_poisoned_and_dead_lettered(
     assert letter.dequeue_count == 5
     assert "simulated Salesforce outage" in letter.reason
     assert QueueProducer(storage).depth(SYNC_POISON_QUEUE) == 0
+
+
+def test_health_is_ok_once_the_partner_center_sign_in_is_stored(
+    app_environment: dict[str, str], sandbox_services: SandboxServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = {**app_environment, **sandbox_services.app_settings()}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    account = PartnerCenterAuth.from_settings(load_settings(environment)).login(show=lambda _message: None)
+    assert account == credentials.PC_ADMIN_USER
+
+    running = start_host(functions_of([function_app.app], ["health", "health_details"]), environment)
+    try:
+        public = httpx.get(f"{running.url}/api/health")
+        details = httpx.get(f"{running.url}/api/health/details", params={"code": credentials.FUNCTION_KEY}).json()
+    finally:
+        running.stop()
+    assert public.status_code == 200 and public.json() == {"status": "ok", "version": "0.1.0"}
+    assert details["partner_center"]["signed_in"] is True
+    assert details["partner_center"]["account"] == credentials.PC_ADMIN_USER
