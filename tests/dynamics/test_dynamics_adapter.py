@@ -429,3 +429,25 @@ def test_validation_errors_name_the_field(crm: DynamicsCrm) -> None:
     assert "name" in raised.value.fields
     with pytest.raises(CrmValidationError, match="currency 'XYZ'"):
         crm.upsert_by_referral_id("opportunity", "ref-bad", RecordUpdate(currency="XYZ"))
+
+
+def test_a_rejected_token_is_renewed_once(crm: DynamicsCrm, dataverse: DataverseSimulator) -> None:
+    ref = crm.upsert_by_referral_id("opportunity", "ref-401", RecordUpdate(name="Renew")).ref
+    dataverse.add_fault(Fault(method="GET", path_prefix="/api/data/v9.2/opportunities", status=401, count=1))
+
+    assert crm.read(ref).name == "Renew"
+    statuses = [
+        entry["status"]
+        for entry in dataverse.requests_log()
+        if entry["path"].startswith("/api/data/v9.2/opportunities(")
+    ]
+    assert 401 in statuses and statuses[-1] == 200
+
+
+def test_a_slow_answer_times_out_as_transient(settings: Settings, dataverse: DataverseSimulator) -> None:
+    crm = DynamicsCrm(settings, http=DataverseHttp(settings, timeout_seconds=0.5))
+    dataverse.add_fault(Fault(method="GET", path_prefix="/api/data/v9.2/accounts", latency_ms=1500, count=1))
+
+    with pytest.raises(CrmTransientError, match="timed out"):
+        crm.find_or_create_account(CrmAccount(name="Slow"))
+    crm.http.close()
