@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from shared.admin.health import DetailSection
+from shared.crm.port import CrmPort
 from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.sync.queues import QueueProducer
 from shared.sync.state import StateStore
@@ -36,12 +37,25 @@ def queue_producer() -> QueueProducer:
     return QueueProducer(storage())
 
 
+@functools.cache
+def crm() -> CrmPort:
+    """The CRM adapter CRM_KIND names (imported here, so neither SDK loads at cold start)."""
+    current = settings()
+    if current.crm_kind == "dynamics":
+        from shared.crm.dynamics import DynamicsCrm
+
+        return DynamicsCrm(current)
+    from shared.crm.salesforce import SalesforceAdapter
+
+    return SalesforceAdapter(current)
+
+
 def reset() -> None:
     """Forget everything built so far (after the environment changed: local host reloads, tests)."""
     from shared.partner_center import runtime
 
     reset_settings_cache()
-    for cached in (storage, state_store, queue_producer):
+    for cached in (storage, state_store, queue_producer, crm):
         cached.cache_clear()
     runtime.reset()
 

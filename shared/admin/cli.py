@@ -21,6 +21,7 @@ from shared.settings import Settings, SettingsError, apply_local_settings_file, 
 COMMAND_GROUPS: dict[str, str] = {
     "partner-center": "shared.partner_center.commands",
     "salesforce": "shared.crm.salesforce_commands",
+    "dynamics": "shared.crm.dynamics_commands",
 }
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
