@@ -60,6 +60,7 @@ _key_lock = threading.Lock()
 
 DeviceCodeApproval = Literal["first-poll", "manual"]
 
+
 class InvalidAccessToken(Exception):
     """A bearer token failed verification; `reason` says why in plain words."""
 

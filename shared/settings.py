@@ -620,7 +620,7 @@ def apply_local_settings_file(path: Path, environ: MutableMapping[str, str] | No
     try:
         values = json.loads(path.read_text(encoding="utf-8")).get("Values") or {}
     except (ValueError, AttributeError) as error:
-        raise SettingsError([f"{path} is not valid JSON with a \"Values\" object: {error}"]) from None
+        raise SettingsError([f'{path} is not valid JSON with a "Values" object: {error}']) from None
     applied = []
     for name, value in values.items():
         if name not in target:

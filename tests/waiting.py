@@ -9,7 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Return the first truthy value of `condition()`; fail the test if none comes in time."""
     deadline = time.monotonic() + timeout
     while True:

@@ -32,14 +32,21 @@ def new_referral_id() -> str:
 def test_create_read_update_a_link_with_its_reverse_index(state: StateStore) -> None:
     referral_id = new_referral_id()
     created = state.create_link(
-        Link(link_id=link_id_for_referral(referral_id), referral_id=referral_id, snapshot={"name": "Contoso"}, pc_etag='"e1"')
+        Link(
+            link_id=link_id_for_referral(referral_id),
+            referral_id=referral_id,
+            snapshot={"name": "Contoso"},
+            pc_etag='"e1"',
+        )
     )
     assert created.etag
 
     found = state.find_link_by_referral(referral_id)
     assert found is not None and found.snapshot == {"name": "Contoso"} and found.pc_etag == '"e1"'
 
-    updated = state.save_link(found.model_copy(update={"crm_object": "opportunity", "crm_id": "006XX0001", "state": "linked"}))
+    updated = state.save_link(
+        found.model_copy(update={"crm_object": "opportunity", "crm_id": "006XX0001", "state": "linked"})
+    )
     assert updated.etag != found.etag
     by_crm = state.find_link_by_crm("opportunity", "006XX0001")
     assert by_crm is not None and by_crm.link_id == created.link_id and by_crm.crm_id == "006XX0001"
@@ -95,14 +102,18 @@ def test_two_writers_racing_on_one_link_one_gets_the_conflict(state: StateStore)
 def test_a_large_snapshot_round_trips_across_property_chunks(state: StateStore) -> None:
     referral_id = new_referral_id()
     notes = "Ünïcode notes " * 6000  # ~84k characters: more than one table property holds
-    state.create_link(Link(link_id=link_id_for_referral(referral_id), referral_id=referral_id, snapshot={"notes": notes}))
+    state.create_link(
+        Link(link_id=link_id_for_referral(referral_id), referral_id=referral_id, snapshot={"notes": notes})
+    )
     found = state.find_link_by_referral(referral_id)
     assert found is not None and found.snapshot["notes"] == notes
 
 
 def test_a_crm_born_link_in_creating_state_is_found_by_crm_id(state: StateStore) -> None:
     crm_id = f"006{uuid.uuid4().hex[:12]}"
-    state.create_link(Link(link_id=link_id_for_crm("opportunity", crm_id), crm_object="opportunity", crm_id=crm_id, state="creating"))
+    state.create_link(
+        Link(link_id=link_id_for_crm("opportunity", crm_id), crm_object="opportunity", crm_id=crm_id, state="creating")
+    )
     intents = {link.link_id for link in state.list_links(state="creating")}
     assert link_id_for_crm("opportunity", crm_id) in intents
     found = state.find_link_by_crm("opportunity", crm_id)

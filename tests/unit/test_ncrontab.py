@@ -33,7 +33,9 @@ def test_next_after_is_strictly_later() -> None:
     assert Schedule.parse("0 * * * * *").next_after(on_the_minute) == on_the_minute + dt.timedelta(minutes=1)
 
 
-@pytest.mark.parametrize("expression", ["* * * * *", "0 60 * * * *", "0 0 25 * * *", "0 0 0 0 * *", "x * * * * *", "*/0 * * * * *"])
+@pytest.mark.parametrize(
+    "expression", ["* * * * *", "0 60 * * * *", "0 0 25 * * *", "0 0 0 0 * *", "x * * * * *", "*/0 * * * * *"]
+)
 def test_invalid_expressions_are_refused(expression: str) -> None:
     with pytest.raises(ScheduleError):
         Schedule.parse(expression)

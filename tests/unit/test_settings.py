@@ -136,7 +136,12 @@ def test_secrets_never_appear_in_describe_repr_or_errors() -> None:
     }
     settings = load_settings(base_environment(CONNECTION, **secret_values))
     printed = "\n".join(f"{name}={value}" for name, value, _ in settings.describe()) + repr(settings) + str(settings)
-    for value in ("pc-secret-value-123", "sf-secret-value-456", "c2VjcmV0LWtleS03ODk=", settings.pc_token_cache_key.get_secret_value()):
+    for value in (
+        "pc-secret-value-123",
+        "sf-secret-value-456",
+        "c2VjcmV0LWtleS03ODk=",
+        settings.pc_token_cache_key.get_secret_value(),
+    ):
         assert value not in printed
     assert "AccountName=acct" in printed  # the non-secret part stays readable for troubleshooting
     with pytest.raises(SettingsError) as caught:
