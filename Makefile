@@ -7,7 +7,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint typecheck bench clean
+.PHONY: help setup run test lint clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,9 +35,6 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-
-bench: setup ## Run the benchmarks; results go to BENCHMARKS.md
-	$(PY) -m bench
 
 clean: ## Remove generated files (venv, node_modules, sandbox data)
 	rm -rf $(VENV) node_modules .sandbox .mypy_cache .ruff_cache .pytest_cache
