@@ -9,8 +9,8 @@ import logging
 import httpx
 
 from sandbox import credentials
+from shared.http import tls_context
 from shared.partner_center.auth import PartnerCenterAuth
-from shared.partner_center.http import tls_context
 from shared.partner_center.registration import WebhookRegistrar
 from shared.settings import get_settings
 

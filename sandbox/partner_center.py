@@ -56,7 +56,7 @@ from sandbox import credentials
 from sandbox.identity import InvalidAccessToken, verify_access_token
 from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from sandbox.tls import ensure_ca, issue_certificate
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 
 REFERRALS_AUDIENCE = "https://api.partner.microsoft.com"
 REGISTRATION_AUDIENCE = "https://api.partnercenter.microsoft.com"

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from shared.crm.port import CrmAuthError, CrmError, CrmNotFoundError, CrmTransientError, CrmValidationError
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from shared.settings import Settings
 
 API_PATH = "/api/data/v9.2/"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from shared.partner_center.token_store import StoredSignIn, TokenCacheStore, TokenStoreConflict, utc_now_text
 from shared.settings import Settings
 from shared.sync.storage import StorageAccount

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
+from shared.http import tls_context
 from shared.model.referral import PatchOperation, Referral, ReferralPage, format_pc_datetime
-from shared.partner_center.http import tls_context
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator
 
+from shared.http import tls_context
 from shared.partner_center.auth import SignInRequired
 from shared.partner_center.client import (
     ApiTransport,
@@ -31,7 +32,6 @@ from shared.partner_center.client import (
     PartnerCenterNotFoundError,
     TokenProvider,
 )
-from shared.partner_center.http import tls_context
 from shared.partner_center.token_store import TokenStoreError
 from shared.settings import Settings
 

@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from shared.http import tls_context
 from shared.model.webhook import TEST_EVENT, WebhookEvent
-from shared.partner_center.http import tls_context
 from shared.settings import Settings
 from shared.sync.queues import PartnerCenterChange
 

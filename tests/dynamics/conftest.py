@@ -12,7 +12,7 @@ from sandbox.dataverse import API, DataverseSimulator, dataverse_factory
 from sandbox.identity import identity_factory
 from sandbox.server import RunningServer, serve
 from sandbox.tls import ensure_ca
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 from sandbox.dataverse import API, DataverseSimulator
 from sandbox.dataverse_batch import parse_batch_response
 from sandbox.server import Fault, RunningServer
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from tests.dynamics.conftest import client_credentials_token
 
 GUID = re.compile(r"\(([0-9a-f-]{36})\)$")

@@ -32,7 +32,7 @@ from shared.crm.port import (
     CrmValidationError,
     RecordUpdate,
 )
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from shared.settings import Settings, load_settings
 from tests.conftest import base_environment
 

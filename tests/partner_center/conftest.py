@@ -12,7 +12,7 @@ from sandbox.identity import DEVICE_CODE_GRANT, IdentitySimulator, identity_fact
 from sandbox.partner_center import PartnerCenterSimulator, partner_center_factory
 from sandbox.server import RunningServer, serve
 from sandbox.tls import ensure_ca
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from sandbox import credentials
 from sandbox.azurite import Azurite
 from sandbox.identity import IdentitySimulator, verify_access_token
 from sandbox.server import RunningServer
+from shared.http import tls_context
 from shared.partner_center.auth import PartnerCenterAuth, SignInRequired
-from shared.partner_center.http import tls_context
 from shared.partner_center.token_store import TOKEN_CACHE_TABLE, TokenCacheStore
 from shared.settings import Settings, load_settings
 from shared.sync.storage import StorageAccount

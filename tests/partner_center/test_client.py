@@ -11,6 +11,7 @@ import pytest
 
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
+from shared.http import tls_context
 from shared.model.referral import PatchOperation, Referral
 from shared.partner_center.client import (
     ApiTransport,
@@ -20,7 +21,6 @@ from shared.partner_center.client import (
     PartnerCenterValidationError,
     odata_string,
 )
-from shared.partner_center.http import tls_context
 from tests.partner_center.test_partner_center_simulator import create_request
 
 PC_SCOPE = "https://api.partner.microsoft.com/.default"

@@ -22,9 +22,9 @@ from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared import bootstrap
 from shared.admin.cli import main
+from shared.http import tls_context
 from shared.partner_center import runtime
 from shared.partner_center.auth import PartnerCenterAuth
-from shared.partner_center.http import tls_context
 from shared.partner_center.registration import WEBHOOK_EVENTS
 from shared.partner_center.token_store import TokenCacheStore
 from shared.settings import load_settings

@@ -12,7 +12,7 @@ import pytest
 from sandbox import credentials
 from sandbox.identity import IdentitySimulator, InvalidAccessToken, verify_access_token
 from sandbox.server import RunningServer
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 
 PC_SCOPE = "https://api.partner.microsoft.com/.default"
 PC_RESOURCE = "https://api.partner.microsoft.com"

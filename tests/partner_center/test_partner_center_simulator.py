@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from tests.waiting import wait_until
 
 # Copies of reference/examples (hand-made in the documented wire shapes).

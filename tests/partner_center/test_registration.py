@@ -12,8 +12,8 @@ from sandbox import credentials
 from sandbox.host import LocalHost
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
+from shared.http import tls_context
 from shared.partner_center.client import PartnerCenterUnavailableError
-from shared.partner_center.http import tls_context
 from shared.partner_center.registration import (
     WEBHOOK_EVENTS,
     WebhookRegistrar,

@@ -14,8 +14,8 @@ from sandbox.host import LocalHost, functions_of
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared import bootstrap
+from shared.http import tls_context
 from shared.partner_center import runtime
-from shared.partner_center.http import tls_context
 from shared.sync.queues import SYNC_QUEUE, PartnerCenterChange, parse_sync_request
 from shared.sync.storage import StorageAccount
 from tests.partner_center.test_partner_center_simulator import create_request

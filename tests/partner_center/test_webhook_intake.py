@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sandbox.server import Request, Response, RunningServer, Simulator, serve
 from sandbox.tls import CertificateFiles, ensure_ca, issue_certificate
-from shared.partner_center.http import tls_context
+from shared.http import tls_context
 from shared.partner_center.webhook import SignatureVerifier, load_trusted_roots, receive_event
 
 REFERRAL_ID = "8c0f4d7e-2b9a-4c61-9e3f-5a1d2c7b8e90"

@@ -1,4 +1,4 @@
-"""TLS trust for outbound HTTPS (Partner Center API, Entra sign-in, certificate downloads)."""
+"""TLS trust for every outbound HTTPS call (Partner Center, Entra sign-in, Dataverse, certificate downloads)."""
 
 from __future__ import annotations
 
