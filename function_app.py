@@ -43,9 +43,9 @@ def health_details(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="partner-center/events", methods=["POST"])
 def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
     """Function key + Partner Center signature: verify, enqueue a `sync` message, acknowledge."""
-    from shared.partner_center import runtime, webhook
+    from shared.partner_center import webhook
 
-    result = webhook.receive_event(req.get_body(), dict(req.headers), runtime.webhook_verifier())
+    result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
     if result.message is not None:
         bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
     return _json(result.body, result.status)
@@ -54,9 +54,7 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
 @app.timer_trigger(arg_name="timer", schedule="%PC_TOKEN_REFRESH_SCHEDULE%", run_on_startup=False)
 def refresh_partner_center_sign_in(timer: func.TimerRequest) -> None:
     """Redeem the Partner Center refresh token so it never idles out; failures go to the health page."""
-    from shared.partner_center import runtime
-
-    runtime.auth().refresh()
+    bootstrap.partner_center_auth().refresh()
 
 
 # Not `admin/...`: the Functions host reserves routes whose first segment is `admin`, whatever the prefix.

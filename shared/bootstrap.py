@@ -8,7 +8,7 @@ Tests build their own objects from `Settings` instead of going through these pro
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.admin.health import DetailSection
 from shared.crm.port import CrmPort
@@ -16,6 +16,10 @@ from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.sync.queues import QueueProducer
 from shared.sync.state import StateStore
 from shared.sync.storage import StorageAccount
+
+if TYPE_CHECKING:
+    from shared.partner_center.auth import PartnerCenterAuth
+    from shared.partner_center.webhook import SignatureVerifier
 
 
 def settings() -> Settings:
@@ -38,6 +42,22 @@ def queue_producer() -> QueueProducer:
 
 
 @functools.cache
+def partner_center_auth() -> PartnerCenterAuth:
+    """The stored Partner Center sign-in (delegated tokens for both Partner Center APIs)."""
+    from shared.partner_center.auth import PartnerCenterAuth
+
+    return PartnerCenterAuth.from_settings(settings())
+
+
+@functools.cache
+def webhook_verifier() -> SignatureVerifier:
+    """Checks Partner Center webhook signatures; keeps its certificate cache for the process."""
+    from shared.partner_center.webhook import SignatureVerifier
+
+    return SignatureVerifier.from_settings(settings())
+
+
+@functools.cache
 def crm() -> CrmPort:
     """The CRM adapter CRM_KIND names (imported here, so neither SDK loads at cold start)."""
     current = settings()
@@ -52,19 +72,14 @@ def crm() -> CrmPort:
 
 def reset() -> None:
     """Forget everything built so far (after the environment changed: local host reloads, tests)."""
-    from shared.partner_center import runtime
-
     reset_settings_cache()
-    for cached in (storage, state_store, queue_producer, crm):
+    for cached in (storage, state_store, queue_producer, partner_center_auth, webhook_verifier, crm):
         cached.cache_clear()
-    runtime.reset()
 
 
 def _partner_center_sign_in(settings: Settings) -> tuple[str, dict[str, Any], bool]:
     """The stored Partner Center sign-in: who, when the refresh token was last used, last error."""
-    from shared.partner_center import runtime
-
-    summary = runtime.auth().health_summary()
+    summary = partner_center_auth().health_summary()
     return "partner_center", summary, bool(summary.get("healthy"))
 
 

@@ -368,10 +368,9 @@ def _json_or_none(response: httpx.Response) -> Any:
 @contextmanager
 def default_registrar() -> Iterator[WebhookRegistrar]:
     """A registrar on the process-wide settings and Partner Center sign-in (the function app's)."""
-    from shared.partner_center import runtime
-    from shared.settings import get_settings
+    from shared import bootstrap
 
-    registrar = WebhookRegistrar.from_settings(get_settings(), runtime.auth().token)
+    registrar = WebhookRegistrar.from_settings(bootstrap.settings(), bootstrap.partner_center_auth().token)
     try:
         yield registrar
     finally:

@@ -23,7 +23,6 @@ from sandbox.server import RunningServer
 from shared import bootstrap
 from shared.admin.cli import main
 from shared.http import tls_context
-from shared.partner_center import runtime
 from shared.partner_center.auth import PartnerCenterAuth
 from shared.partner_center.registration import WEBHOOK_EVENTS
 from shared.partner_center.token_store import TokenCacheStore
@@ -59,13 +58,12 @@ def pc_environment(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     bootstrap.reset()
-    runtime.reset()
     from azure.core.exceptions import ResourceNotFoundError
 
     with contextlib.suppress(ResourceNotFoundError):  # tests share one Azurite: start signed out
         TokenCacheStore(storage, credentials.TOKEN_CACHE_KEY).delete()
     yield environment
-    runtime.reset()
+    bootstrap.reset()
 
 
 def run(tmp_path: Path, *argv: str) -> tuple[int, str]:

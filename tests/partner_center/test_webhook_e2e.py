@@ -15,7 +15,6 @@ from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared import bootstrap
 from shared.http import tls_context
-from shared.partner_center import runtime
 from shared.sync.queues import SYNC_QUEUE, PartnerCenterChange, parse_sync_request
 from shared.sync.storage import StorageAccount
 from tests.partner_center.test_partner_center_simulator import create_request
@@ -37,13 +36,12 @@ def host(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     bootstrap.reset()
-    runtime.reset()
     running = LocalHost(
         functions=functions_of([function_app.app], ["receive_partner_center_event"]), environ=environment, http_port=0
     ).start()
     yield running
     running.stop()
-    runtime.reset()
+    bootstrap.reset()
 
 
 def _messages(storage: StorageAccount) -> list[Any]:
