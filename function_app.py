@@ -67,6 +67,36 @@ def register_partner_center_webhook(req: func.HttpRequest) -> func.HttpResponse:
     return _json(body, status)
 
 
+# ---- Sync -----------------------------------------------------------------------------------------
+@app.queue_trigger(arg_name="message", queue_name=SYNC_QUEUE, connection="AzureWebJobsStorage")
+def process_sync_request(message: func.QueueMessage) -> None:
+    """Make one referral <-> CRM record link consistent: read both sides, merge, write the differences."""
+    from shared.sync import worker
+
+    worker.process(
+        bootstrap.state_store,
+        bootstrap.sync_engine,
+        payload=message.get_body().decode("utf-8", errors="replace"),
+        dequeue_count=getattr(message, "dequeue_count", None) or 0,
+    )
+
+
+@app.timer_trigger(arg_name="timer", schedule="%CRM_POLL_SCHEDULE%", run_on_startup=False)
+def poll_crm_changes(timer: func.TimerRequest) -> None:
+    """Enqueue CRM records with Sync = Yes changed since the watermark; then move the watermark."""
+    from shared.sync import polling
+
+    polling.poll_crm(bootstrap.crm(), bootstrap.state_store(), bootstrap.queue_producer())
+
+
+@app.timer_trigger(arg_name="timer", schedule="%PC_RECONCILE_SCHEDULE%", run_on_startup=False)
+def reconcile_partner_center(timer: func.TimerRequest) -> None:
+    """Enqueue referrals Partner Center changed since the watermark (webhooks it gave up on)."""
+    from shared.sync import polling
+
+    polling.reconcile_partner_center(bootstrap.partner_center(), bootstrap.state_store(), bootstrap.queue_producer())
+
+
 # ---- Dead letters ---------------------------------------------------------------------------------
 @app.queue_trigger(arg_name="message", queue_name=SYNC_POISON_QUEUE, connection="AzureWebJobsStorage")
 def quarantine_poison_sync_request(message: func.QueueMessage) -> None:

@@ -59,6 +59,12 @@ param showSyncMarkInName string = 'true'
 @description('SYNC_COSELL_ONLY: only co-sell and pipeline referrals go Partner Center -> CRM (true or false).')
 param syncCosellOnly string = 'false'
 
+@description('ACCEPT_COUNTRY_NAMES: translate unambiguous account country names (Germany) to ISO codes (true or false).')
+param acceptCountryNames string = 'false'
+
+@description('PC_REFERRAL_LINK_TEMPLATE: deep link written to the Referral Link field; {id} = referral id.')
+param pcReferralLinkTemplate string = 'https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{id}'
+
 @description('CRM_DEAL_VALUE_FIELD: CRM deal value field; empty = Amount (Salesforce) / estimatedvalue (Dynamics).')
 param crmDealValueField string = ''
 
@@ -160,6 +166,8 @@ var appSettings = {
   // Sync rules
   SHOW_SYNC_MARK_IN_NAME: showSyncMarkInName
   SYNC_COSELL_ONLY: syncCosellOnly
+  ACCEPT_COUNTRY_NAMES: acceptCountryNames
+  PC_REFERRAL_LINK_TEMPLATE: pcReferralLinkTemplate
   CRM_DEAL_VALUE_FIELD: crmDealValueField
   CRM_DEAL_CURRENCY_FIELD: crmDealCurrencyField
   CRM_ACCOUNT_COUNTRY_FIELD: crmAccountCountryField

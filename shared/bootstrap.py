@@ -19,7 +19,9 @@ from shared.sync.storage import StorageAccount
 
 if TYPE_CHECKING:
     from shared.partner_center.auth import PartnerCenterAuth
+    from shared.partner_center.client import PartnerCenterClient
     from shared.partner_center.webhook import SignatureVerifier
+    from shared.sync.engine import SyncEngine
 
 
 def settings() -> Settings:
@@ -70,10 +72,34 @@ def crm() -> CrmPort:
     return SalesforceAdapter(current)
 
 
+@functools.cache
+def partner_center() -> PartnerCenterClient:
+    """The Referrals API client, signed in with the stored delegated token."""
+    from shared.partner_center.client import PartnerCenterClient
+
+    return PartnerCenterClient.from_settings(settings(), partner_center_auth().token)
+
+
+@functools.cache
+def sync_engine() -> SyncEngine:
+    from shared.sync.engine import SyncEngine
+
+    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
+
+
 def reset() -> None:
     """Forget everything built so far (after the environment changed: local host reloads, tests)."""
     reset_settings_cache()
-    for cached in (storage, state_store, queue_producer, partner_center_auth, webhook_verifier, crm):
+    for cached in (
+        storage,
+        state_store,
+        queue_producer,
+        partner_center_auth,
+        webhook_verifier,
+        crm,
+        partner_center,
+        sync_engine,
+    ):
         cached.cache_clear()
 
 

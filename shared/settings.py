@@ -145,6 +145,22 @@ class Settings(BaseModel):
         example="BillingCountry",
         alias="CRM_ACCOUNT_COUNTRY_FIELD",
     )
+    accept_country_names: bool = _setting(
+        False,
+        '`true`: an account country typed as a name that clearly means one country ("Germany", "United States") '
+        "is sent as its ISO code; `false`: the country field must hold the two-letter ISO 3166 code, like Microsoft's connector.",
+        group="Sync rules",
+        example="false",
+        alias="ACCEPT_COUNTRY_NAMES",
+    )
+    pc_referral_link_template: str = _setting(
+        "https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{id}",
+        "Deep link written to the CRM's Referral Link field; `{id}` is the referral id, `{engagement_id}` its engagement. "
+        "Partner Center does not document its UI URLs, so adjust it if Microsoft moves them.",
+        group="Sync rules",
+        example="https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{id}",
+        alias="PC_REFERRAL_LINK_TEMPLATE",
+    )
     salesforce_pending_stage: str = _setting(
         "Prospecting",
         "Salesforce stage that holds referrals from Microsoft until they are accepted.",
@@ -423,6 +439,20 @@ class Settings(BaseModel):
         if not re.match(r"^https://[^\s/]+", value) and not re.match(r"^http://(127\.0\.0\.1|localhost)[:/]", value):
             raise ValueError("is not an https URL, like 'https://host.example.com'")
         return value.rstrip("/")
+
+    @field_validator("pc_referral_link_template")
+    @classmethod
+    def _is_link_template(cls, value: str) -> str:
+        try:
+            link = value.strip().format(id="REFERRAL", engagement_id="ENGAGEMENT")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"may only use the placeholders {{id}} and {{engagement_id}} ({error}), like "
+                "'https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{id}'"
+            ) from None
+        if not link.startswith("https://"):
+            raise ValueError("must be an https URL with {id} in it")
+        return value.strip()
 
     @field_validator("pc_token_cache_key")
     @classmethod

@@ -10,8 +10,11 @@ from sandbox.host import indexed_functions
 EXPECTED = {
     "health": "httpTrigger",
     "health_details": "httpTrigger",
+    "poll_crm_changes": "timerTrigger",
+    "process_sync_request": "queueTrigger",
     "quarantine_poison_sync_request": "queueTrigger",
     "receive_partner_center_event": "httpTrigger",
+    "reconcile_partner_center": "timerTrigger",
     "refresh_partner_center_sign_in": "timerTrigger",
     "register_partner_center_webhook": "httpTrigger",
 }

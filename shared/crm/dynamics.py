@@ -783,7 +783,9 @@ class DynamicsCrm:
     def append_audit(self, ref: CrmRef, line: str, *, at: dt.datetime | None = None) -> None:
         self._read_modify_write(ref, "append_audit", lambda row: {"pcs_audit": _prepend(row, line, at)})
 
-    def set_sync_result(self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, error: str | None = None) -> None:
+    def set_sync_result(
+        self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, audit_line: str | None = None
+    ) -> None:
         name_column = KINDS[ref.kind].name_column
 
         def changes(row: JsonDict) -> JsonDict:
@@ -796,8 +798,8 @@ class DynamicsCrm:
                 name = with_sync_mark(str(row.get(name_column) or ""), mark)
                 if name != row.get(name_column):
                     body[name_column] = name
-            if error:
-                body["pcs_audit"] = _prepend(row, error, at)
+            if audit_line:
+                body["pcs_audit"] = _prepend(row, audit_line, at)
             return body
 
         self._read_modify_write(ref, "set_sync_result", changes)

@@ -324,10 +324,13 @@ class CrmPort(Protocol):
         """
         ...
 
-    def set_sync_result(self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, error: str | None = None) -> None:
+    def set_sync_result(
+        self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, audit_line: str | None = None
+    ) -> None:
         """Record the outcome of a sync: status, last-synced time, and (when SHOW_SYNC_MARK_IN_NAME)
         the mark at the end of the name (" ✔" for Synced, " ✖" for Error, none for Pending),
-        replacing any earlier mark. `error`, when given, is also appended to the audit.
+        replacing any earlier mark. `audit_line`, when given (what changed, or the error in plain
+        words), is prepended to the audit in the same write.
         """
         ...
 

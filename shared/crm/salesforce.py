@@ -844,7 +844,9 @@ class SalesforceAdapter:
         audit = self._audit_text(ref, current["audit"], line, at)
         self._call("append_audit", lambda sf: _sobject(sf, OBJECT_NAMES[ref.kind]).update(ref.id, {AUDIT_FIELD: audit}))
 
-    def set_sync_result(self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, error: str | None = None) -> None:
+    def set_sync_result(
+        self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, audit_line: str | None = None
+    ) -> None:
         current = self._name_and_audit(ref, "set_sync_result")
         fields: dict[str, Any] = {
             CONNECTOR_FIELDS["sync_status"]: status,
@@ -858,8 +860,8 @@ class SalesforceAdapter:
         name = with_sync_mark(current["name"], mark)
         if name != current["name"] and current["name"]:
             fields[current["name_field"]] = name
-        if error:
-            fields[AUDIT_FIELD] = self._audit_text(ref, current["audit"], error, at)
+        if audit_line:
+            fields[AUDIT_FIELD] = self._audit_text(ref, current["audit"], audit_line, at)
         self._call("set_sync_result", lambda sf: _sobject(sf, OBJECT_NAMES[ref.kind]).update(ref.id, fields))
 
     def close(self, ref: CrmRef, *, won: bool) -> None:

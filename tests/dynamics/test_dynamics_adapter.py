@@ -371,7 +371,7 @@ def test_sync_result_marks_the_name_and_the_mark_survives_a_rename(
     crm.upsert_by_referral_id("opportunity", "ref-mark", RecordUpdate(name="Renamed"))
     assert rows(dataverse, "opportunity")[0]["name"] == "Renamed ✔"
 
-    crm.set_sync_result(ref, "Error", AT, error="customer country 'Germany' is not a two-letter ISO code")
+    crm.set_sync_result(ref, "Error", AT, audit_line="customer country 'Germany' is not a two-letter ISO code")
     record = crm.read(ref)
     assert rows(dataverse, "opportunity")[0]["name"] == "Renamed ✖"
     assert record.connector.sync_status == "Error"

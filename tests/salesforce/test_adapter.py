@@ -194,7 +194,7 @@ def test_contacts_solutions_sync_result_audit_and_close(sf_server: RunningServer
         ref,
         "Error",
         dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
-        error="customer country 'Germany' is not a two-letter ISO code",
+        audit_line="customer country 'Germany' is not a two-letter ISO code",
     )
     record = adapter.read(ref)
 

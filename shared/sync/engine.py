@@ -1,0 +1,678 @@
+"""The sync engine: make one referral <-> CRM record link consistent, now.
+
+The unit of work is a link, not an event: whatever message arrives (a webhook, a poll, a retry, a
+duplicate, an old one), the engine reads BOTH sides fresh, merges each field against the last
+synced snapshot (shared/sync/merge.py), writes only what changed to each side, and saves the new
+snapshot under the link row's ETag. So duplicate, late and out-of-order messages are harmless, and
+our own writes coming back produce no diff (no ping-pong).
+
+Creates are idempotent: the CRM side by upsert on the referral id; the Partner Center side by a
+write-ahead `creating` link saved before the POST, and a lookup by `externalReferenceId` before
+any second POST.
+
+Errors: transient ones (throttling, 5xx, timeouts, ETag races that keep losing) raise, so the
+queue retries with back-off; permanent ones (data Partner Center or the CRM refuses) are written to
+the CRM record's audit and sync status and to the link, and are not retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from shared.crm.port import (
+    CrmNotFoundError,
+    CrmObjectKind,
+    CrmPort,
+    CrmRecord,
+    CrmRef,
+    CrmValidationError,
+    RecordUpdate,
+)
+from shared.mapping import rules
+from shared.mapping.to_crm import creation_lifecycle, crm_account, crm_contacts, crm_solutions, record_update
+from shared.mapping.to_partner_center import new_referral, patch_operations
+from shared.mapping.views import FIELD_LABELS, MICROSOFT_ORGANIZATION_ID, View, crm_view, referral_view
+from shared.model.referral import Referral
+from shared.partner_center.client import (
+    PartnerCenterClient,
+    PartnerCenterConflictError,
+    PartnerCenterNotFoundError,
+    PartnerCenterValidationError,
+)
+from shared.settings import Settings
+from shared.sync.merge import merge_fields
+from shared.sync.queues import CrmChange, PartnerCenterChange
+from shared.sync.state import (
+    AlreadyExistsError,
+    ConcurrencyConflictError,
+    Link,
+    StateStore,
+    link_id_for_crm,
+    link_id_for_referral,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MERGE_ATTEMPTS = 3
+"""A 412 from Partner Center or a lost race on the link row re-runs the merge this often, then the
+message is retried later by the queue."""
+
+CREATE_LOOKUP_MARGIN = dt.timedelta(minutes=10)
+"""How far before a `creating` intent the retry looks for the referral it may have created."""
+
+CLOSED_STATES = ("won", "lost", "declined", "expired")
+
+
+class SyncRetryError(Exception):
+    """Worth retrying later (the queue does): both sides kept changing while we merged."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _stamp(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat() if moment else None
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        state: StateStore,
+        partner_center: PartnerCenterClient,
+        crm: CrmPort,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.pc = partner_center
+        self.crm = crm
+        self.clock = clock
+        self.pending_stage = settings.salesforce_pending_stage if crm.kind == "salesforce" else None
+
+    # ---- entry points -------------------------------------------------------------------------------
+    def handle(self, request: PartnerCenterChange | CrmChange) -> None:
+        if isinstance(request, PartnerCenterChange):
+            self.sync_referral(request.referral_id)
+        else:
+            self.sync_crm_record(CrmRef(kind=request.object, id=request.record_id))
+
+    def sync_referral(self, referral_id: str) -> None:
+        """A referral changed in Partner Center (webhook or reconcile poll)."""
+        try:
+            referral = self.pc.get_referral(referral_id)
+        except PartnerCenterNotFoundError:
+            log.warning("referral %s no longer exists in Partner Center; nothing to sync", referral_id)
+            return
+        related = None
+        if referral.organization_id == MICROSOFT_ORGANIZATION_ID:
+            related, referral_or_none = referral, self._our_referral_of(referral)
+            if referral_or_none is None:
+                log.info("Microsoft's referral %s belongs to no referral of ours; ignored", referral_id)
+                return
+            referral = referral_or_none
+        assert referral.id is not None
+        link = self.state.find_link_by_referral(referral.id)
+        if link is None and referral.external_reference_id:
+            link = self._link_of_outgoing(referral.external_reference_id)
+            if link is not None and link.state == "creating":
+                log.info("referral %s is being created from CRM record %s", referral.id, link.crm_id)
+                return
+        if link is None or link.crm_id is None:
+            self._create_in_crm(referral, link)
+            return
+        if link.pc_etag == referral.e_tag and related is None:
+            log.debug("referral %s unchanged since the last sync", referral.id)
+            return
+        self._sync_link(link, referral=referral, related=related)
+
+    def sync_crm_record(self, ref: CrmRef) -> None:
+        """A CRM record with Sync = Yes changed (CRM poll)."""
+        try:
+            record = self.crm.read(ref)
+        except CrmNotFoundError:
+            log.warning("%s %s no longer exists in the CRM; nothing to sync", ref.kind, ref.id)
+            return
+        link = self.state.find_link_by_crm(ref.kind, ref.id)
+        referral_id = record.connector.referral_id
+        if link is None and referral_id:
+            link = self.state.find_link_by_referral(referral_id)
+            if link is not None and (link.crm_object, link.crm_id) != (ref.kind, ref.id):
+                log.info(
+                    "%s %s carries referral %s, whose link now follows %s %s",
+                    ref.kind,
+                    ref.id,
+                    referral_id,
+                    link.crm_object,
+                    link.crm_id,
+                )
+                return
+            if link is None:
+                self._adopt(record, referral_id)
+                return
+        if link is None:
+            if not record.connector.sync_enabled:
+                return
+            if ref.kind == "lead":
+                log.info("lead %s has Sync = Yes but no referral; leads are not created in Partner Center", ref.id)
+                return
+            self._create_in_pc(record, None)
+            return
+        if self._unchanged_since_last_sync(link, record):
+            log.debug("%s %s unchanged since the last sync (our own write coming back)", ref.kind, ref.id)
+            return
+        if link.referral_id is None or link.state == "creating":
+            self._create_in_pc(record, link)
+            return
+        self._sync_link(link, record=record)
+
+    # ---- helpers: finding things ----------------------------------------------------------------------
+    def _our_referral_of(self, microsoft: Referral) -> Referral | None:
+        """Our referral in the engagement of Microsoft's (related-referral events carry Microsoft's id)."""
+        if not microsoft.engagement_id:
+            return None
+        ours = [
+            item
+            for item in self.pc.related_referrals(microsoft.engagement_id)
+            if item.organization_id != MICROSOFT_ORGANIZATION_ID
+        ]
+        linked = [item for item in ours if item.id and self.state.find_link_by_referral(item.id)]
+        candidates = linked or ours
+        return candidates[0] if candidates else None
+
+    def _link_of_outgoing(self, crm_id: str) -> Link | None:
+        kinds: tuple[CrmObjectKind, ...] = ("opportunity", "lead")
+        for kind in kinds:
+            link = self.state.find_link_by_crm(kind, crm_id)
+            if link is not None:
+                return link
+        return None
+
+    @staticmethod
+    def _unchanged_since_last_sync(link: Link, record: CrmRecord) -> bool:
+        seen = link.snapshot.get("crm_modified_at")
+        return seen is not None and seen == _stamp(record.modified_at)
+
+    def _find_created_referral(self, crm_id: str, since: dt.datetime) -> Referral | None:
+        """The referral an earlier attempt may have created for `crm_id` before failing.
+
+        `externalReferenceId` is not among the documented `$filter` fields (reference 1.2), so the
+        lookup lists what changed since the intent (a documented filter) and matches locally."""
+        for referral in self.pc.referrals_updated_since(since - CREATE_LOOKUP_MARGIN):
+            if referral.external_reference_id == crm_id and referral.organization_id != MICROSOFT_ORGANIZATION_ID:
+                return referral
+        return None
+
+    def _crm_view(self, record: CrmRecord) -> View:
+        return crm_view(
+            record, pending_stage=self.pending_stage, accept_country_names=self.settings.accept_country_names
+        )
+
+    def _link_url(self, referral: Referral) -> str:
+        return self.settings.pc_referral_link_template.format(
+            id=referral.id, engagement_id=referral.engagement_id or ""
+        )
+
+    def _snapshot(self, pc: View, crm: View, record: CrmRecord, **extra: Any) -> dict[str, Any]:
+        return {"pc": pc, "crm": crm, "crm_modified_at": _stamp(record.modified_at), **extra}
+
+    def _pc_only_fields(self, referral: Referral, pc: View, crm: View) -> dict[str, Any]:
+        """Partner Center -> CRM read-only fields that differ: they simply follow Partner Center."""
+        wanted = {
+            "referral_status": (pc.get("status_mirror"), crm.get("status_mirror")),
+            "engagement_id": (pc.get("engagement_id"), crm.get("engagement_id")),
+            "referral_link": (self._link_url(referral), crm.get("referral_link")),
+            "microsoft_crm_id": (pc.get("microsoft_crm_id"), crm.get("microsoft_crm_id")),
+        }
+        return {name: new for name, (new, old) in wanted.items() if new and new != old}
+
+    # ---- Partner Center -> CRM: a new referral --------------------------------------------------------
+    def _create_in_crm(self, referral: Referral, link: Link | None) -> None:
+        assert referral.id is not None
+        kind = rules.crm_object_for(referral)
+        link_id = link_id_for_referral(referral.id)
+        if kind == "lead" and self.settings.sync_cosell_only:
+            message = (
+                f"lead referral {referral.id} ({referral.name}) not synced: SYNC_COSELL_ONLY=true sends only "
+                "co-sell and pipeline referrals to the CRM"
+            )
+            log.info(message)
+            self.state.append_audit(link_id, direction="pc->crm", outcome="skipped", message=message)
+            return
+        if referral.is_closed and link is None:
+            message = f"referral {referral.id} was closed ({referral.substatus}) before it was ever synced; not created in the CRM"
+            log.info(message)
+            self.state.append_audit(link_id, direction="pc->crm", outcome="skipped", message=message)
+            return
+        if link is None:
+            try:
+                link = self.state.create_link(
+                    Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
+                )
+            except AlreadyExistsError:
+                link = self.state.get_link(link_id)
+                if link is None:
+                    raise SyncRetryError(f"link {link_id} vanished while being created") from None
+                if link.crm_id is not None:
+                    self._sync_link(link, referral=referral)
+                    return
+        pc = referral_view(referral)
+        account_id = None
+        if kind == "opportunity" and pc.get("customer"):
+            account_id = self.crm.find_or_create_account(crm_account(pc["customer"]))
+        values = record_update(
+            {
+                field: pc[field]
+                for field in (
+                    "name",
+                    "deal_value",
+                    "currency",
+                    "close_date",
+                    "notes",
+                    "help_needed",
+                    "visible",
+                    "customer",
+                    "contacts",
+                )
+                if field in pc
+            },
+            crm_object=kind,
+            lifecycle=creation_lifecycle(pc["lifecycle"]),
+            sync_enabled=True,
+            referral_link=self._link_url(referral),
+            engagement_id=referral.engagement_id,
+            referral_status=pc.get("status_mirror"),
+            **({"account_id": account_id} if account_id else {}),
+            **({"microsoft_crm_id": pc["microsoft_crm_id"]} if pc.get("microsoft_crm_id") else {}),
+        )
+        notes: list[str] = []
+        if kind == "opportunity" and values.close_date is None:
+            # Salesforce requires a close date; Microsoft's referrals may not have one yet.
+            default = (referral.expiration_date_time or self.clock() + dt.timedelta(days=90)).date()
+            values = values.model_copy(update={"close_date": default})
+            values.model_fields_set.add("close_date")
+            notes.append(f"close date set to {default.isoformat()} because the referral has none")
+        try:
+            result = self.crm.upsert_by_referral_id(kind, referral.id, values)
+        except CrmValidationError as error:
+            message = f"could not create the CRM {kind} for referral {referral.id}: {error}"
+            log.error(message)
+            link.last_error, link.status = message, "error"
+            self.state.save_link(link)
+            self.state.append_audit(link.link_id, direction="pc->crm", outcome="error", message=message)
+            return
+        ref = result.ref
+        if kind == "opportunity" and pc.get("contacts"):
+            ids = [self.crm.find_or_create_contact(contact, account_id) for contact in crm_contacts(pc["contacts"])]
+            self.crm.set_contacts(ref, ids)
+        if pc.get("solutions"):
+            self.crm.set_solutions(ref, crm_solutions(pc["solutions"]))
+        line = f"Partner Center -> CRM: created from Partner Center referral {referral.id}"
+        line = "; ".join([line, *notes])
+        self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
+        record = self.crm.read(ref)
+        link = link.model_copy(
+            update={
+                "crm_object": kind,
+                "crm_id": ref.id,
+                "state": "linked",
+                "status": "synced",
+                "last_error": None,
+                "pc_etag": referral.e_tag,
+                "last_synced_at": self.clock(),
+                "snapshot": self._snapshot(pc, self._crm_view(record), record),
+            }
+        )
+        self._save(link)
+        self.state.append_audit(link.link_id, direction="pc->crm", outcome="synced", message=line)
+        log.info("referral %s -> new CRM %s %s", referral.id, kind, ref.id)
+
+    def _adopt(self, record: CrmRecord, referral_id: str) -> None:
+        """A CRM record that names its referral, but no link (state lost, or records made by
+        Microsoft's connector): link them as they are, then sync what differs from now on."""
+        try:
+            referral = self.pc.get_referral(referral_id)
+        except PartnerCenterNotFoundError:
+            message = f"Not synced: the referral {referral_id} named on this record does not exist in Partner Center"
+            self.crm.set_sync_result(record.ref, "Error", self.clock(), audit_line=message)
+            return
+        pc, crm = referral_view(referral), self._crm_view(record)
+        link = Link(
+            link_id=link_id_for_referral(referral_id),
+            referral_id=referral_id,
+            crm_object=record.ref.kind,
+            crm_id=record.ref.id,
+            state="linked",
+            pc_etag=referral.e_tag,
+            snapshot=self._snapshot(pc, crm, record),
+        )
+        try:
+            link = self.state.create_link(link)
+        except AlreadyExistsError:
+            return  # someone linked it meanwhile; their sync covers it
+        self.state.append_audit(
+            link.link_id, direction="both", outcome="linked", message=f"adopted {record.ref.kind} {record.ref.id}"
+        )
+        self._sync_link(link, referral=referral, record=record)
+
+    # ---- CRM -> Partner Center: a new referral --------------------------------------------------------
+    def _create_in_pc(self, record: CrmRecord, link: Link | None) -> None:
+        ref = record.ref
+        view = self._crm_view(record)
+        problems = rules.partner_center_problems(view, accept_country_names=self.settings.accept_country_names)
+        if problems and not (link and link.referral_id):
+            self._refuse_new(record, link, "Not sent to Partner Center: " + "; ".join(problems))
+            return
+        retrying = link is not None and link.state == "creating"
+        if link is None:
+            try:
+                link = self.state.create_link(
+                    Link(
+                        link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="creating"
+                    )
+                )
+            except AlreadyExistsError:
+                return  # another worker is on it; its result reaches the CRM
+        elif link.state != "creating":
+            link = self.state.save_link(link.model_copy(update={"state": "creating"}))  # the write-ahead intent
+        referral: Referral | None = None
+        if link.referral_id:
+            referral = self.pc.get_referral(link.referral_id)
+        elif retrying:
+            referral = self._find_created_referral(ref.id, since=link.updated_at)
+            if referral is not None:
+                log.info("found referral %s created by an earlier attempt for %s %s", referral.id, ref.kind, ref.id)
+        if referral is None:
+            body = new_referral(view, crm_record_id=ref.id, accept_country_names=self.settings.accept_country_names)
+            try:
+                referral = self.pc.create_referral(body)
+            except PartnerCenterValidationError as error:
+                self._refuse_new(record, link, f"Partner Center refused the referral: {error}")
+                return
+        link = self.state.save_link(link.model_copy(update={"referral_id": referral.id}))
+        pc = referral_view(referral)
+        write_back = self._pc_only_fields(referral, pc, view)
+        write_back["referral_id"] = referral.id
+        if pc.get("visible") and not view.get("visible"):
+            write_back["visible_to_microsoft"] = True  # co-sell is always shared with Microsoft sellers
+        self.crm.update_fields(ref, RecordUpdate(**write_back))
+        line = f"CRM -> Partner Center: created Partner Center referral {referral.id}"
+        self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
+        fresh = self.crm.read(ref)
+        link = link.model_copy(
+            update={
+                "state": "linked",
+                "status": "synced",
+                "last_error": None,
+                "pc_etag": referral.e_tag,
+                "last_synced_at": self.clock(),
+                "snapshot": self._snapshot(pc, self._crm_view(fresh), fresh),
+            }
+        )
+        link = self._save(link)
+        self.state.append_audit(link.link_id, direction="crm->pc", outcome="synced", message=line)
+        log.info("%s %s -> new referral %s", ref.kind, ref.id, referral.id)
+        # A deal synced when already closed: the status rules close the referral right away.
+        self._sync_link(link, referral=referral, record=fresh)
+
+    def _refuse_new(self, record: CrmRecord, link: Link | None, message: str) -> None:
+        """A record that cannot become a referral yet: say why on the record, remember we said it."""
+        ref = record.ref
+        if link is not None and link.last_error == message:
+            return  # the seller changed something unrelated; the record already says this
+        self.crm.set_sync_result(ref, "Error", self.clock(), audit_line=message)
+        fresh = self.crm.read(ref)
+        if link is None:
+            link = Link(link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="error")
+            try:
+                link = self.state.create_link(link)
+            except AlreadyExistsError:
+                found = self.state.get_link(link.link_id)
+                if found is None:
+                    raise SyncRetryError(f"link {link.link_id} vanished") from None
+                link = found
+        link = link.model_copy(
+            update={
+                "state": "error" if link.referral_id is None else link.state,
+                "status": "error",
+                "last_error": message,
+                "snapshot": {**link.snapshot, "crm_modified_at": _stamp(fresh.modified_at)},
+            }
+        )
+        self._save(link)
+        self.state.append_audit(link.link_id, direction="crm->pc", outcome="error", message=message)
+        log.info("%s %s not sent to Partner Center: %s", ref.kind, ref.id, message)
+
+    # ---- an existing link ------------------------------------------------------------------------------
+    def _sync_link(
+        self,
+        link: Link,
+        *,
+        referral: Referral | None = None,
+        record: CrmRecord | None = None,
+        related: Referral | None = None,
+    ) -> None:
+        assert link.referral_id is not None and link.crm_object is not None and link.crm_id is not None
+        for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
+            referral = referral or self.pc.get_referral(link.referral_id)
+            record = record or self.crm.read(CrmRef(kind=link.crm_object, id=link.crm_id))
+            try:
+                self._merge_and_write(link, referral, record, related)
+                return
+            except PartnerCenterConflictError:
+                log.info(
+                    "referral %s changed while we merged (412); merging again (attempt %d)", link.referral_id, attempt
+                )
+                referral = None
+            except ConcurrencyConflictError:
+                log.info("link %s was saved by another worker; merging again (attempt %d)", link.link_id, attempt)
+                fresh = self.state.get_link(link.link_id)
+                if fresh is None or fresh.crm_id is None:
+                    raise SyncRetryError(f"link {link.link_id} changed shape while we merged") from None
+                link, referral, record = fresh, None, None
+        raise SyncRetryError(f"link {link.link_id} kept changing on both sides; the queue will retry")
+
+    def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
+        assert referral.id is not None
+        ref = record.ref
+        pc = referral_view(referral, related=related)
+        crm = self._crm_view(record)
+        base_pc: View = link.snapshot.get("pc") or {}
+        base_crm: View = link.snapshot.get("crm") or {}
+        merged = merge_fields(
+            pc, crm, base_pc, base_crm, pc_modified_at=referral.updated_date_time, crm_modified_at=record.modified_at
+        )
+        notes = [*merged.notes, *(conflict.describe() for conflict in merged.conflicts)]
+        status, status_note = rules.partner_center_status_change(pc, crm, base_crm)
+        if status_note:
+            notes.append(status_note)
+        to_pc = dict(merged.to_pc)
+        unsent: set[str] = set()  # CRM changes not sent now: their base stays, so they go later
+        held: dict[str, Any] = dict(link.snapshot.get("held") or {})
+        error: str | None = None
+
+        if pc["lifecycle"] in CLOSED_STATES:
+            crm_moved = crm.get("lifecycle") != base_crm.get("lifecycle") or crm.get("response") != base_crm.get(
+                "response"
+            )
+            if to_pc or crm_moved:
+                notes.append(
+                    f"the referral is closed in Partner Center ({referral.substatus}); CRM changes are not sent"
+                )
+            to_pc, status = {}, None
+        elif pc["lifecycle"] == "pending" and (status is None or status.status == "Closed"):
+            if to_pc:
+                waiting = {name: crm[name] for name in to_pc}
+                if waiting != held:
+                    notes.append(
+                        "edits to "
+                        + ", ".join(FIELD_LABELS[name] for name in to_pc)
+                        + " wait until the referral is accepted (it is pending in Partner Center)"
+                    )
+                held = waiting
+                unsent |= set(to_pc)
+            to_pc = {}
+        else:
+            held = {}
+
+        if to_pc or status:
+            projected = {**pc, **to_pc}
+            problems = rules.partner_center_problems(projected, accept_country_names=self.settings.accept_country_names)
+            if problems:
+                error = "Not sent to Partner Center: " + "; ".join(problems)
+
+        updated = referral
+        sent: list[str] = []
+        if (to_pc or status) and error is None:
+            operations = patch_operations(
+                referral, to_pc, status, accept_country_names=self.settings.accept_country_names
+            )
+            try:
+                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag)
+            except PartnerCenterValidationError as refused:
+                error = f"Partner Center refused the update: {refused}"
+            else:
+                updated = answer or self.pc.get_referral(referral.id)
+                sent = [FIELD_LABELS[name] for name in to_pc] + ([f"status ({status.label})"] if status else [])
+        if error is not None:
+            unsent |= set(to_pc)
+            if status is not None:
+                unsent |= {"lifecycle", "response"}  # the stage move still asks for it next time
+            to_pc, status = {}, None
+
+        pc_after = referral_view(updated, related=related) if updated is not referral else pc
+        crm_written = self._write_crm(
+            ref, referral=updated, pc=pc_after, crm=crm, base_pc=base_pc, changes=merged.to_crm
+        )
+
+        parts: list[str] = []
+        if sent:
+            parts.append("CRM -> Partner Center: updated " + ", ".join(sent))
+        if crm_written:
+            parts.append("Partner Center -> CRM: updated " + ", ".join(crm_written))
+        parts.extend(notes)
+        if error:
+            parts.append(error)
+        fresh = record
+        repeated_error = error is not None and error == link.last_error and not (sent or crm_written or notes)
+        was_error = record.connector.sync_status == "Error"
+        if (parts and not repeated_error) or (error is None and was_error):
+            self.crm.set_sync_result(
+                ref, "Error" if error else "Synced", self.clock(), audit_line="; ".join(parts) or None
+            )
+            fresh = self.crm.read(ref)
+        elif crm_written:
+            fresh = self.crm.read(ref)
+
+        new_base_crm = self._crm_view(fresh)
+        for name in unsent:
+            if name in base_crm:
+                new_base_crm[name] = base_crm[name]
+            else:
+                new_base_crm.pop(name, None)
+        snapshot = self._snapshot(pc_after, new_base_crm, fresh, **({"held": held} if held else {}))
+        if crm.get("lifecycle") == "qualified" and record.stage.converted_opportunity_id and ref.kind == "lead":
+            link = self._follow_conversion(link, updated, record.stage.converted_opportunity_id, snapshot)
+        elif snapshot != link.snapshot or updated.e_tag != link.pc_etag or (error or None) != link.last_error:
+            link = self._save(
+                link.model_copy(
+                    update={
+                        "snapshot": snapshot,
+                        "pc_etag": updated.e_tag,
+                        "last_error": error,
+                        "status": "error" if error else "synced",
+                        "last_synced_at": self.clock() if (sent or crm_written) else link.last_synced_at,
+                    }
+                )
+            )
+        if parts:
+            outcome = "error" if error else ("conflict" if merged.conflicts else "synced")
+            direction = "both" if sent and crm_written else ("crm->pc" if sent or error else "pc->crm")
+            self.state.append_audit(link.link_id, direction=direction, outcome=outcome, message="; ".join(parts))
+            log.info("link %s: %s", link.link_id, "; ".join(parts))
+
+    def _write_crm(
+        self, ref: CrmRef, *, referral: Referral, pc: View, crm: View, base_pc: View, changes: View
+    ) -> list[str]:
+        """Write Partner Center's changes (and status) to the CRM record; returns what was written."""
+        extra: dict[str, Any] = self._pc_only_fields(referral, pc, crm)
+        lifecycle = rules.crm_lifecycle_for(
+            pc, crm, crm_object=ref.kind, has_pending_stage=self.pending_stage is not None
+        )
+        if lifecycle in ("won", "lost") and base_pc.get("lifecycle") == pc.get("lifecycle"):
+            lifecycle = None  # Partner Center closed it long ago; a seller reopened the CRM record since
+        if lifecycle is not None:
+            extra["lifecycle"] = lifecycle
+        if not changes and not extra:
+            return []
+        if ref.kind == "opportunity" and changes.get("customer"):
+            extra["account_id"] = self.crm.find_or_create_account(crm_account(changes["customer"]))
+        update = record_update(changes, crm_object=ref.kind, **extra)
+        self.crm.update_fields(ref, update)
+        if ref.kind == "opportunity" and "contacts" in changes:
+            account_id = extra.get("account_id") or None
+            ids = [
+                self.crm.find_or_create_contact(contact, account_id) for contact in crm_contacts(changes["contacts"])
+            ]
+            self.crm.set_contacts(ref, ids)
+        if "solutions" in changes:
+            self.crm.set_solutions(ref, crm_solutions(changes["solutions"]))
+        written = [FIELD_LABELS[name] for name in changes]
+        if "lifecycle" in extra or "referral_status" in extra:
+            written.append("status")
+        if "microsoft_crm_id" in extra:
+            written.append("Microsoft CRM id")
+        return written
+
+    def _follow_conversion(
+        self, link: Link, referral: Referral, opportunity_id: str, lead_snapshot: dict[str, Any]
+    ) -> Link:
+        """A qualified lead became an opportunity: the referral's link moves to it (SPEC 1.3)."""
+        assert referral.id is not None
+        lead_id = link.crm_id
+        opportunity = CrmRef(kind="opportunity", id=opportunity_id)
+        pc = referral_view(referral)
+        update = record_update(
+            {field: pc[field] for field in ("help_needed", "visible") if field in pc},
+            crm_object="opportunity",
+            sync_enabled=True,
+            referral_id=referral.id,
+            referral_link=self._link_url(referral),
+            engagement_id=referral.engagement_id,
+            referral_status=pc.get("status_mirror"),
+            **({"microsoft_crm_id": pc["microsoft_crm_id"]} if pc.get("microsoft_crm_id") else {}),
+        )
+        self.crm.update_fields(opportunity, update)
+        if pc.get("solutions"):
+            self.crm.set_solutions(opportunity, crm_solutions(pc["solutions"]))
+        line = (
+            f"Partner Center -> CRM: lead {lead_id} was qualified; referral {referral.id} now follows this opportunity"
+        )
+        self.crm.set_sync_result(opportunity, "Synced", self.clock(), audit_line=line)
+        record = self.crm.read(opportunity)
+        moved = link.model_copy(
+            update={
+                "crm_object": "opportunity",
+                "crm_id": opportunity_id,
+                "pc_etag": referral.e_tag,
+                "status": "synced",
+                "last_error": None,
+                "last_synced_at": self.clock(),
+                "snapshot": self._snapshot(
+                    pc, self._crm_view(record), record, lead=lead_snapshot.get("crm_modified_at")
+                ),
+            }
+        )
+        saved = self._save(moved)
+        self.state.append_audit(link.link_id, direction="pc->crm", outcome="synced", message=line)
+        return saved
+
+    def _save(self, link: Link) -> Link:
+        if link.etag is None:
+            return self.state.create_link(link)
+        return self.state.save_link(link)
