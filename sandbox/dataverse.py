@@ -19,7 +19,11 @@ Behaviour follows the reference, not our adapter:
 
 Extra control routes (besides the framework's): `POST /_sandbox/demo-data` seeds the demo org;
 `POST /_sandbox/seller/{entity_set}` and `PATCH /_sandbox/seller/{entity_set}/{id}` write as the
-demo seller (a human user), so the poller sees a change that is not the integration's own.
+demo seller (a human user), so the poller sees a change that is not the integration's own;
+likewise `DELETE /_sandbox/seller/{entity_set}/{id}`, `POST /_sandbox/seller/actions/WinOpportunity`
+and `.../LoseOpportunity` (body as the Web API actions) and
+`POST /_sandbox/seller/{entity_set}/{id}/QualifyLead` (body as the bound action), since the token
+of the Web API is always the application user's.
 """
 
 from __future__ import annotations
@@ -1371,6 +1375,39 @@ class DataverseSimulator(Simulator):
         self._guard_state_change(table, record, changes)
         self.update(table, record, changes, Caller(SELLER_USER_ID))
         return json_response(200, self.render(table, record, QueryOptions(), False))
+
+    @route("DELETE", "/_sandbox/seller/{entity_set}/{record_id}")
+    @control
+    def _control_seller_delete(self, request: Request) -> Response:
+        table = self.table_by_set(request.path_params["entity_set"])
+        key = {table.primary_id: request.path_params["record_id"]}
+        record = self.find(table, key)
+        if record is None:
+            raise self._not_found(table, key)
+        self.delete(table, str(record[table.primary_id]))
+        return empty_response(204)
+
+    @route("POST", "/_sandbox/seller/actions/{action}")
+    @control
+    def _control_seller_action(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("WinOpportunity", "LoseOpportunity"):
+            raise query_error(f"Seller actions are WinOpportunity and LoseOpportunity, not '{action}'.")
+        return self._close_opportunity(request, Caller(SELLER_USER_ID), won=action == "WinOpportunity")
+
+    @route("POST", "/_sandbox/seller/{entity_set}/{record_id}/QualifyLead")
+    @control
+    def _control_seller_qualify_lead(self, request: Request) -> Response:
+        bound = Request(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            request.body,
+            path_params={"entity_set": request.path_params["entity_set"], "key": request.path_params["record_id"]},
+        )
+        qualify: Callable[[DataverseSimulator, Request, Caller], Response] = DataverseSimulator.qualify_lead.__wrapped__  # type: ignore[attr-defined]
+        return qualify(self, bound, Caller(SELLER_USER_ID))
 
 
 def _odata_headers() -> dict[str, str]:

@@ -29,6 +29,12 @@ Control API (besides reset/state/requests/faults of `sandbox.server`):
         `referral-updated` when the partner's referral changed.
     POST /_sandbox/webhooks/drop              {"count": N}: the next N deliveries are lost (never sent)
     POST /_sandbox/webhooks/settings          {"backoff_seconds", "max_attempts", "timeout_seconds"}
+    POST /_sandbox/referrals/{id}/expire      PC archives an unanswered (New) incoming referral after 14
+        days (reference 1.2): `Closed/Expired`, new updatedDateTime and eTag, fires `referral-updated`
+    POST /_sandbox/referrals/{id}/edit-after-next-read   JSON Patch applied as another Partner Center
+        user right after the next `GET /referrals/{id}` was answered, so that reader's eTag is stale;
+        normal transition checks, new eTag, fires `referral-updated`; outcomes in state `scheduled_edits`
+    GET /_sandbox/state also lists `patches`: every PATCH of a referral with its If-Match, operations and status
 """
 
 from __future__ import annotations
@@ -411,6 +417,9 @@ class PartnerCenterSimulator(Simulator):
         self.validation_events: dict[str, JsonDict] = {}
         self._validation_times: list[float] = []
         self.drop_next = 0
+        self.scheduled_edits: dict[str, list[Any]] = {}  # referral id -> JSON Patch, applied after the next GET
+        self.scheduled_edit_results: list[JsonDict] = []
+        self.patches: list[JsonDict] = []  # every PATCH /referrals/{id}: referral_id, if_match, operations, status
         backoff, max_backoff, attempts, timeout = self._delivery_defaults
         self.backoff_seconds = backoff
         self.max_backoff_seconds = max_backoff
@@ -423,6 +432,11 @@ class PartnerCenterSimulator(Simulator):
             "registration": self.registration,
             "deliveries": [delivery.as_dict() for delivery in self.deliveries],
             "validation_events": list(self.validation_events.values()),
+            "patches": list(self.patches),
+            "scheduled_edits": {
+                "pending": copy.deepcopy(self.scheduled_edits),
+                "done": list(self.scheduled_edit_results),
+            },
         }
 
     @property
@@ -627,9 +641,23 @@ class PartnerCenterSimulator(Simulator):
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
             with self.lock:
                 referral = copy.deepcopy(self._get(request.path_params["referral_id"]))
+                self._apply_scheduled_edit(referral["id"])  # the answer above already holds the old eTag
         except ApiError as error:
             return error.response()
         return json_response(200, referral, {"ETag": referral["eTag"]})
+
+    def _apply_scheduled_edit(self, referral_id: str) -> None:
+        """Another Partner Center user's edit, landing between a reader's GET and its PATCH (caller holds the lock)."""
+        operations = self.scheduled_edits.pop(referral_id, None)
+        if operations is None:
+            return
+        try:
+            before = self._get(referral_id)
+            self._update(before, apply_json_patch(before, operations))
+            outcome: JsonDict = {"referral_id": referral_id, "applied": True}
+        except ApiError as error:  # kept in the state, so a test sees why the edit did not happen
+            outcome = {"referral_id": referral_id, "applied": False, "error": error.message}
+        self.scheduled_edit_results.append(outcome)
 
     @route("POST", REFERRALS_PATH)
     def create_referral(self, request: Request) -> Response:
@@ -670,6 +698,23 @@ class PartnerCenterSimulator(Simulator):
 
     @route("PATCH", REFERRALS_PATH + "/{referral_id}")
     def patch_referral(self, request: Request) -> Response:
+        response = self._patch_referral(request)
+        try:
+            operations = request.json()
+        except ValueError:
+            operations = request.body.decode("utf-8", errors="replace")
+        with self.lock:  # what tests check beyond the request log: the paths sent and the If-Match used
+            self.patches.append(
+                {
+                    "referral_id": request.path_params["referral_id"],
+                    "if_match": request.header("if-match"),
+                    "operations": operations,
+                    "status": response.status,
+                }
+            )
+        return response
+
+    def _patch_referral(self, request: Request) -> Response:
         try:
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
             try:
@@ -1000,6 +1045,39 @@ class PartnerCenterSimulator(Simulator):
         except (ValueError, AttributeError) as error:
             return ApiError(400, "invalidRequest", f"Bad JSON Patch: {error}").response()
         return json_response(200, result)
+
+    @route("POST", "/_sandbox/referrals/{referral_id}/expire")
+    def _control_expire(self, request: Request) -> Response:
+        """Partner Center archives an incoming referral nobody answered within 14 days (reference 1.2)."""
+        try:
+            with self.lock:
+                before = self._get(request.path_params["referral_id"])
+                if before.get("status") != "New":
+                    raise ApiError(
+                        400, "invalidRequest", f"Only a New referral expires; this one is {before.get('status')}."
+                    )
+                after = {**copy.deepcopy(before), "status": "Closed", "substatus": "Expired"}
+                expired = copy.deepcopy(self._commit_update(before, after))
+                self._fire("referral-updated", expired["id"])
+        except ApiError as error:
+            return error.response()
+        return json_response(200, expired)
+
+    @route("POST", "/_sandbox/referrals/{referral_id}/edit-after-next-read")
+    def _control_edit_after_next_read(self, request: Request) -> Response:
+        try:
+            operations = request.json()
+        except ValueError as error:
+            return ApiError(400, "invalidRequest", f"The request body is not valid JSON: {error}").response()
+        if not isinstance(operations, list) or not operations:
+            return ApiError(400, "invalidRequest", "The request body must be a non-empty JSON Patch array.").response()
+        with self.lock:
+            try:
+                self._get(request.path_params["referral_id"])
+            except ApiError as error:
+                return error.response()
+            self.scheduled_edits[request.path_params["referral_id"]] = operations
+        return json_response(202, {"scheduled": operations})
 
     @route("POST", "/_sandbox/webhooks/drop")
     def _control_drop(self, request: Request) -> Response:
