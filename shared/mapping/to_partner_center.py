@@ -100,7 +100,7 @@ def patch_operations(
     accept_country_names: bool,
 ) -> list[PatchOperation]:
     """JSON Patch carrying exactly `changes` (neutral field -> new value) and the status change."""
-    document = referral.model_dump(mode="json", by_alias=True)
+    document = referral.model_dump(mode="json", by_alias=True, exclude_unset=True)  # the members on the wire
     operations: list[PatchOperation] = []
     for field, value in changes.items():
         if field == "customer":

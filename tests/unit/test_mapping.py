@@ -1,0 +1,231 @@
+"""Referral <-> neutral view <-> CRM records, and the JSON Patch built from neutral changes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from shared.crm.port import (
+    ConnectorFields,
+    CrmAccount,
+    CrmContact,
+    CrmRecord,
+    CrmRef,
+    CrmSolution,
+    StageFacts,
+)
+from shared.mapping.rules import ACCEPT, crm_object_for
+from shared.mapping.to_crm import record_update
+from shared.mapping.to_partner_center import new_referral, patch_operations
+from shared.mapping.views import crm_view, decimal_text, referral_view, same_value
+from shared.model.referral import Referral
+
+REFERRAL: dict[str, Any] = {
+    "id": "r-1",
+    "engagementId": "e-1",
+    "name": "Contoso migration",
+    "status": "New",
+    "substatus": "Pending",
+    "type": "Shared",
+    "qualification": "SalesQualified",
+    "eTag": '"1"',
+    "customerProfile": {
+        "name": "Contoso",
+        "address": {"addressLine1": "1 Main St", "city": "Berlin", "postalCode": "10115", "country": "DE"},
+        "team": [
+            {"firstName": "Zoe", "lastName": "Zed", "email": "Zoe@Contoso.example"},
+            {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@contoso.example"},
+        ],
+    },
+    "consent": {"consentToShareReferralWithMicrosoftSellers": True},
+    "details": {
+        "dealValue": 1.2e5,
+        "currency": "eur",
+        "closingDateTime": "2027-03-31T00:00:00Z",
+        "notes": "  Needs a PoC  ",
+        "requirements": {"solutions": [{"id": "SOL-2", "name": "Two"}, {"id": "SOL-1", "name": "One"}]},
+    },
+    "inviteContext": {"assistanceRequestCode": "ProofOfConceptOrDemo", "invitedBy": {"organizationId": "msft"}},
+    "trackingInfo": {"microsoftMsxId": "MSX-9"},
+}
+
+
+def test_referral_view_normalises_every_field() -> None:
+    view = referral_view(Referral.model_validate(REFERRAL))
+    assert view["name"] == "Contoso migration"
+    assert view["deal_value"] == "120000"
+    assert view["currency"] == "EUR"
+    assert view["close_date"] == "2027-03-31"
+    assert view["notes"] == "Needs a PoC"
+    assert view["customer"] == {
+        "name": "Contoso",
+        "street": "1 Main St",
+        "city": "Berlin",
+        "state": None,
+        "postal_code": "10115",
+        "country": "DE",
+    }
+    assert [contact["email"] for contact in view["contacts"]] == ["ada@contoso.example", "zoe@contoso.example"]
+    assert [solution["id"] for solution in view["solutions"]] == ["SOL-1", "SOL-2"]
+    assert view["help_needed"] == "ProofOfConceptOrDemo"
+    assert view["visible"] is True
+    assert view["lifecycle"] == "pending"
+    assert view["status_mirror"] == "New / Pending"
+    assert view["microsoft_crm_id"] == "MSX-9"
+
+
+def test_microsofts_related_referral_supplies_the_msx_id() -> None:
+    ours = Referral.model_validate({**REFERRAL, "trackingInfo": None})
+    microsoft = Referral.model_validate({"id": "m-1", "trackingInfo": {"microsoftMsxId": "MSX-42"}})
+    assert "microsoft_crm_id" not in referral_view(ours)
+    assert referral_view(ours, related=microsoft)["microsoft_crm_id"] == "MSX-42"
+
+
+def record(**overrides: Any) -> CrmRecord:
+    values: dict[str, Any] = {
+        "ref": CrmRef(kind="opportunity", id="006A"),
+        "name": "Contoso migration",
+        "account": CrmAccount(id="001A", name="Contoso", postal_code="10115", country="Germany"),
+        "contacts": [CrmContact(last_name="Lovelace", email="ADA@contoso.example")],
+        "solutions": [CrmSolution(id="a1", solution_id="SOL-1", name="One")],
+        "stage": StageFacts(stage_name="Prospecting"),
+        "connector": ConnectorFields(sync_enabled=True, help_needed="ProofOfConceptOrDemo"),
+        "deal_value": Decimal("120000.00"),
+        "currency": "EUR",
+        "close_date": dt.date(2027, 3, 31),
+        "owner_name": "Sam Seller",
+        "owner_email": "sam@partner.example",
+    }
+    values.update(overrides)
+    return CrmRecord(**values)
+
+
+def test_crm_view_matches_the_referral_view_for_the_same_facts() -> None:
+    crm = crm_view(record(), pending_stage="Prospecting", accept_country_names=True)
+    pc = referral_view(Referral.model_validate(REFERRAL))
+    assert crm["deal_value"] == pc["deal_value"] == "120000"
+    assert crm["customer"]["country"] == "DE"  # "Germany" read as DE because names are accepted
+    assert crm["lifecycle"] == "pending"
+    assert crm["team"] == [
+        {"first_name": "Sam", "last_name": "Seller", "email": "sam@partner.example", "phone": None, "title": None}
+    ]
+    assert same_value("contacts", crm["contacts"], [{"email": "ada@contoso.example"}])
+
+
+def test_country_text_is_kept_as_typed_when_names_are_not_accepted() -> None:
+    crm = crm_view(record(), pending_stage=None, accept_country_names=False)
+    assert crm["customer"]["country"] == "Germany"
+    assert crm["lifecycle"] == "open"  # no pending stage (Dynamics 365)
+
+
+def test_a_single_currency_org_has_no_currency_key() -> None:
+    assert "currency" not in crm_view(record(currency=None), pending_stage=None, accept_country_names=False)
+
+
+def test_decimal_text_is_canonical() -> None:
+    assert decimal_text(120000.0) == decimal_text("1.2E+5") == decimal_text(Decimal("120000.00")) == "120000"
+    assert decimal_text("99.50") == "99.5"
+
+
+def test_patch_replaces_existing_members_and_adds_missing_ones() -> None:
+    referral = Referral.model_validate({**REFERRAL, "details": {"dealValue": 5}, "inviteContext": None})
+    operations = patch_operations(
+        referral,
+        {"deal_value": "7.5", "notes": "new", "help_needed": "QuotesOrLicensing", "name": "Renamed"},
+        ACCEPT,
+        accept_country_names=False,
+    )
+    as_tuples = [(op.op, op.path, op.value) for op in operations]
+    assert ("replace", "/details/dealValue", 7.5) in as_tuples
+    assert ("add", "/details/notes", "new") in as_tuples
+    assert ("add", "/inviteContext", {"assistanceRequestCode": "QuotesOrLicensing"}) in as_tuples
+    assert ("replace", "/name", "Renamed") in as_tuples
+    assert ("replace", "/status", "Active") in as_tuples and ("replace", "/substatus", "Accepted") in as_tuples
+    # asking Microsoft for help makes the referral visible to Microsoft sellers
+    assert ("replace", "/consent/consentToShareReferralWithMicrosoftSellers", True) in as_tuples
+
+
+def test_patch_of_a_customer_sends_the_name_and_the_address_with_an_iso_country() -> None:
+    referral = Referral.model_validate(REFERRAL)
+    customer = {
+        "name": "Contoso GmbH",
+        "street": "2 Side St",
+        "city": "Munich",
+        "postal_code": "80331",
+        "country": "Germany",
+    }
+    operations = patch_operations(referral, {"customer": customer}, None, accept_country_names=True)
+    assert [(op.path, op.value) for op in operations] == [
+        ("/customerProfile/name", "Contoso GmbH"),
+        (
+            "/customerProfile/address",
+            {"addressLine1": "2 Side St", "city": "Munich", "postalCode": "80331", "country": "DE"},
+        ),
+    ]
+
+
+def test_new_referral_body_for_a_co_sell() -> None:
+    view = crm_view(record(), pending_stage=None, accept_country_names=True)
+    body = new_referral(view, crm_record_id="006A", accept_country_names=True)
+    assert body["externalReferenceId"] == "006A"
+    assert body["type"] == "Shared"
+    assert body["consent"] == {"consentToShareReferralWithMicrosoftSellers": True}
+    assert body["inviteContext"] == {"assistanceRequestCode": "ProofOfConceptOrDemo"}
+    assert body["customerProfile"]["address"]["country"] == "DE"
+    assert body["customerProfile"]["team"] == [{"lastName": "Lovelace", "email": "ada@contoso.example"}]
+    assert body["details"]["dealValue"] == 120000.0
+    assert body["details"]["closingDateTime"] == "2027-03-31T00:00:00Z"
+    assert body["details"]["requirements"]["solutions"] == [{"id": "SOL-1", "name": "One"}]
+    assert body["team"] == [{"firstName": "Sam", "lastName": "Seller", "email": "sam@partner.example"}]
+
+
+def test_a_private_deal_is_independent_and_not_shared() -> None:
+    view = crm_view(
+        record(connector=ConnectorFields(sync_enabled=True)), pending_stage=None, accept_country_names=False
+    )
+    body = new_referral(view, crm_record_id="006A", accept_country_names=True)
+    assert body["type"] == "Independent"
+    assert body["consent"] == {"consentToShareReferralWithMicrosoftSellers": False}
+    assert "inviteContext" not in body
+
+
+def test_record_update_writes_only_the_changed_fields() -> None:
+    update = record_update(
+        {"deal_value": "150", "close_date": "2027-04-01"}, crm_object="opportunity", referral_status="Active / Accepted"
+    )
+    assert update.written() == {
+        "deal_value": Decimal("150"),
+        "close_date": dt.date(2027, 4, 1),
+        "referral_status": "Active / Accepted",
+    }
+
+
+def test_a_lead_takes_the_customer_and_first_contact_on_itself() -> None:
+    update = record_update(
+        {
+            "customer": {"name": "Fabrikam"},
+            "contacts": [{"first_name": "Ann", "last_name": "Lee", "email": "ann@f.example"}],
+        },
+        crm_object="lead",
+    )
+    assert update.written() == {
+        "lead_company": "Fabrikam",
+        "lead_first_name": "Ann",
+        "lead_last_name": "Lee",
+        "lead_email": "ann@f.example",
+        "lead_phone": None,
+    }
+
+
+def test_lead_referrals_become_leads() -> None:
+    lead = Referral.model_validate({"type": "Independent", "qualification": "Direct"})
+    qualified = Referral.model_validate(
+        {
+            "type": "Independent",
+            "qualification": "SalesQualified",
+            "inviteContext": {"invitedBy": {"organizationId": "msft"}},
+        }
+    )
+    assert crm_object_for(lead) == crm_object_for(qualified) == "lead"
+    assert crm_object_for(Referral.model_validate(REFERRAL)) == "opportunity"
