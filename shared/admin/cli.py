@@ -99,6 +99,59 @@ def _dead_letters(arguments: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _sync_status(arguments: argparse.Namespace, out: TextIO) -> int:
+    """Every link (or those in error), or one link's audit trail, newest first."""
+    from shared import bootstrap
+    from shared.sync.state import link_id_for_referral
+
+    state = bootstrap.state_store()
+    if arguments.audit:
+        link_id = (
+            arguments.audit if arguments.audit.startswith(("pc-", "crm-")) else link_id_for_referral(arguments.audit)
+        )
+        entries = state.list_audit(link_id, limit=arguments.limit)
+        for entry in entries:
+            print(
+                f"{entry.time:%Y-%m-%d %H:%M:%S}  {entry.direction:<7}  {entry.outcome:<8}  {entry.message}", file=out
+            )
+        if not entries:
+            print(f"no audit entries for {link_id}", file=out)
+        return 0
+    shown = 0
+    for link in state.list_links():
+        if arguments.errors and not link.last_error:
+            continue
+        synced = f"{link.last_synced_at:%Y-%m-%d %H:%M:%S}" if link.last_synced_at else "never"
+        crm = f"{link.crm_object} {link.crm_id}" if link.crm_id else "-"
+        print(
+            f"{link.link_id}  {link.state:<8}  referral {link.referral_id or '-'}  {crm}  last synced {synced}",
+            file=out,
+        )
+        if link.last_error:
+            print(f"    error: {link.last_error}", file=out)
+        shown += 1
+        if shown >= arguments.limit:
+            break
+    if not shown:
+        print("no links yet" if not arguments.errors else "no links in error", file=out)
+    return 0
+
+
+def _sync_now(arguments: argparse.Namespace, out: TextIO) -> int:
+    """Queue one referral or CRM record for a sync now (after fixing data, or to retry by hand)."""
+    from shared import bootstrap
+    from shared.sync.queues import CrmChange, PartnerCenterChange
+
+    message: PartnerCenterChange | CrmChange
+    if arguments.kind == "referral":
+        message = PartnerCenterChange(referral_id=arguments.id, event="manual")
+    else:
+        message = CrmChange(object=arguments.kind, record_id=arguments.id)
+    bootstrap.queue_producer().send(message)
+    print(f"queued a sync of {arguments.kind} {arguments.id}", file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared", description="Co-sell Sync admin commands.")
     parser.add_argument(
@@ -126,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dead_actions.add_parser("replay", help="put a dead letter back on its queue")
     replay.add_argument("id")
     dead.set_defaults(handler=_dead_letters)
+
+    status = commands.add_parser("sync-status", help="list links (referral <-> CRM record) or one link's audit")
+    status.add_argument("--errors", action="store_true", help="only links whose last sync failed")
+    status.add_argument("--audit", metavar="REFERRAL_OR_LINK_ID", help="show the sync audit of one link, newest first")
+    status.add_argument("--limit", type=int, default=50)
+    status.set_defaults(handler=_sync_status)
+
+    now = commands.add_parser("sync-now", help="queue a sync of one referral or CRM record")
+    now.add_argument("kind", choices=["referral", "opportunity", "lead"])
+    now.add_argument("id")
+    now.set_defaults(handler=_sync_now)
 
     for module_name in COMMAND_GROUPS.values():
         importlib.import_module(module_name).register(commands)

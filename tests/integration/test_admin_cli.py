@@ -6,6 +6,7 @@ import base64
 import io
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from shared.admin.cli import main
 from shared.settings import load_settings, reference_markdown
 from shared.sync.queues import SYNC_QUEUE, CrmChange, QueueProducer, parse_sync_request
-from shared.sync.state import StateStore
+from shared.sync.state import Link, StateStore, link_id_for_crm, link_id_for_referral
 from shared.sync.storage import StorageAccount
 
 pytestmark = pytest.mark.azurite
@@ -90,6 +91,48 @@ def test_dead_letters_are_listed_and_replayed_onto_their_queue(
     stored = state.get_dead_letter(letter.id)
     assert stored is not None and stored.replayed_at is not None
     assert run("dead-letters", "replay", "no-such-id", tmp_path=tmp_path)[0] == 1
+
+
+def test_sync_status_lists_links_errors_and_one_links_audit(
+    app_environment: dict[str, str], storage: StorageAccount, tmp_path: Path
+) -> None:
+    state = StateStore(storage)
+    referral_id = f"cli-{uuid.uuid4()}"
+    crm_id = f"006CLI{uuid.uuid4().hex[:8]}"
+    state.create_link(
+        Link(
+            link_id=link_id_for_referral(referral_id), referral_id=referral_id, crm_object="opportunity", crm_id="006OK"
+        )
+    )
+    state.create_link(
+        Link(
+            link_id=link_id_for_crm("opportunity", crm_id),
+            crm_object="opportunity",
+            crm_id=crm_id,
+            state="error",
+            last_error="Not sent to Partner Center: add at least one Microsoft Partner Center solution",
+        )
+    )
+    state.append_audit(link_id_for_referral(referral_id), direction="pc->crm", outcome="synced", message="created it")
+
+    code, listed = run("sync-status", "--limit", "1000", tmp_path=tmp_path)
+    assert code == 0 and f"pc-{referral_id}" in listed and f"crm-opportunity-{crm_id}" in listed
+    code, errors = run("sync-status", "--errors", "--limit", "1000", tmp_path=tmp_path)
+    assert f"crm-opportunity-{crm_id}" in errors and f"pc-{referral_id}" not in errors
+    assert "add at least one Microsoft Partner Center solution" in errors
+    code, audit = run("sync-status", "--audit", referral_id, tmp_path=tmp_path)
+    assert code == 0 and "pc->crm" in audit and "created it" in audit
+
+
+def test_sync_now_queues_the_record(
+    app_environment: dict[str, str], storage: StorageAccount, empty_sync_queues: None, tmp_path: Path
+) -> None:
+    code, said = run("sync-now", "lead", "00QNOW", tmp_path=tmp_path)
+    assert code == 0, said
+    (message,) = list(storage.queue_client(SYNC_QUEUE).receive_messages(max_messages=1))
+    assert parse_sync_request(str(message.content)) == CrmChange(
+        object="lead", record_id="00QNOW", received_at=parse_sync_request(str(message.content)).received_at
+    )
 
 
 def test_the_module_runs_as_a_command() -> None:

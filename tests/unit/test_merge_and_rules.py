@@ -9,13 +9,15 @@ import pytest
 
 from shared.mapping import rules
 from shared.mapping.rules import ACCEPT, StatusChange
-from shared.sync.merge import merge_fields
+from shared.sync.merge import FieldMerge, merge_fields
 
 EARLY = dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.UTC)
 LATE = EARLY + dt.timedelta(minutes=5)
 
 
-def merge(pc: dict[str, Any], crm: dict[str, Any], base_pc: dict[str, Any], base_crm: dict[str, Any], **times: Any):
+def merge(
+    pc: dict[str, Any], crm: dict[str, Any], base_pc: dict[str, Any], base_crm: dict[str, Any], **times: Any
+) -> FieldMerge:
     return merge_fields(
         pc,
         crm,
