@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     apply_local_settings_file(LOCAL_SETTINGS)
     ensure_ca(PROJECT_ROOT / ".sandbox")
 
+    # The simulators keep their records in memory, so sync state from an earlier run would point at
+    # records that no longer exist: start Azurite empty too (the folder stays for inspection after a run).
+    shutil.rmtree(PROJECT_ROOT / ".sandbox" / "azurite", ignore_errors=True)
     stops: list[Callable[[], None]] = []
     try:
         azurite: Azurite = start_azurite(

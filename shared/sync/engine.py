@@ -459,8 +459,12 @@ class SyncEngine:
     ) -> None:
         assert link.referral_id is not None and link.crm_object is not None and link.crm_id is not None
         for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
-            referral = referral or self.pc.get_referral(link.referral_id)
-            record = record or self.crm.read(CrmRef(kind=link.crm_object, id=link.crm_id))
+            try:
+                referral = referral or self.pc.get_referral(link.referral_id)
+                record = record or self.crm.read(CrmRef(kind=link.crm_object, id=link.crm_id))
+            except (PartnerCenterNotFoundError, CrmNotFoundError) as gone:
+                self._unlink_missing(link, gone)
+                return
             try:
                 self._merge_and_write(link, referral, record, related)
                 return
@@ -476,6 +480,24 @@ class SyncEngine:
                     raise SyncRetryError(f"link {link.link_id} changed shape while we merged") from None
                 link, referral, record = fresh, None, None
         raise SyncRetryError(f"link {link.link_id} kept changing on both sides; the queue will retry")
+
+    def _unlink_missing(self, link: Link, gone: Exception) -> None:
+        """One side of the link no longer exists (deleted, or no longer visible to our sign-in):
+        nothing can be synced, and retrying will not help. Say so once, on the link and, when it
+        is the referral that went, on the CRM record."""
+        if isinstance(gone, PartnerCenterNotFoundError):
+            message = f"Not synced: the referral {link.referral_id} no longer exists in Partner Center (or this sign-in cannot see it)"
+        else:
+            message = f"Not synced: the CRM {link.crm_object} {link.crm_id} no longer exists"
+        log.warning("link %s: %s", link.link_id, message)
+        if link.last_error == message:
+            return  # said already; our own write to the record must not start a loop
+        if isinstance(gone, PartnerCenterNotFoundError) and link.crm_object and link.crm_id:
+            self.crm.set_sync_result(
+                CrmRef(kind=link.crm_object, id=link.crm_id), "Error", self.clock(), audit_line=message
+            )
+        self._save(link.model_copy(update={"state": "error", "status": "error", "last_error": message}))
+        self.state.append_audit(link.link_id, direction="both", outcome="error", message=message)
 
     def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
         assert referral.id is not None
