@@ -568,6 +568,11 @@ class SyncEngine:
             to_pc, status = {}, None
 
         pc_after = referral_view(updated, related=related) if updated is not referral else pc
+        converted_to = record.stage.converted_opportunity_id if crm.get("lifecycle") == "qualified" else None
+        if ref.kind == "lead" and converted_to and error is None:
+            # A converted lead is read-only in both CRMs: the referral moves on to the opportunity.
+            self._follow_conversion(link, updated, converted_to, sent)
+            return
         crm_written = self._write_crm(
             ref, referral=updated, pc=pc_after, crm=crm, base_pc=base_pc, changes=merged.to_crm
         )
@@ -598,9 +603,7 @@ class SyncEngine:
             else:
                 new_base_crm.pop(name, None)
         snapshot = self._snapshot(pc_after, new_base_crm, fresh, **({"held": held} if held else {}))
-        if crm.get("lifecycle") == "qualified" and record.stage.converted_opportunity_id and ref.kind == "lead":
-            link = self._follow_conversion(link, updated, record.stage.converted_opportunity_id, snapshot)
-        elif snapshot != link.snapshot or updated.e_tag != link.pc_etag or (error or None) != link.last_error:
+        if snapshot != link.snapshot or updated.e_tag != link.pc_etag or (error or None) != link.last_error:
             link = self._save(
                 link.model_copy(
                     update={
@@ -651,9 +654,7 @@ class SyncEngine:
             written.append("Microsoft CRM id")
         return written
 
-    def _follow_conversion(
-        self, link: Link, referral: Referral, opportunity_id: str, lead_snapshot: dict[str, Any]
-    ) -> Link:
+    def _follow_conversion(self, link: Link, referral: Referral, opportunity_id: str, sent: list[str]) -> Link:
         """A qualified lead became an opportunity: the referral's link moves to it (SPEC 1.3)."""
         assert referral.id is not None
         lead_id = link.crm_id
@@ -675,6 +676,8 @@ class SyncEngine:
         line = (
             f"Partner Center -> CRM: lead {lead_id} was qualified; referral {referral.id} now follows this opportunity"
         )
+        if sent:
+            line = f"CRM -> Partner Center: updated {', '.join(sent)}; {line}"
         self.crm.set_sync_result(opportunity, "Synced", self.clock(), audit_line=line)
         record = self.crm.read(opportunity)
         moved = link.model_copy(
@@ -685,9 +688,7 @@ class SyncEngine:
                 "status": "synced",
                 "last_error": None,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(
-                    pc, self._crm_view(record), record, lead=lead_snapshot.get("crm_modified_at")
-                ),
+                "snapshot": self._snapshot(pc, self._crm_view(record), record),
             }
         )
         saved = self._save(moved)
