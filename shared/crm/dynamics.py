@@ -123,6 +123,15 @@ class _Kind:
         return f"{self.entity_set}({record_id})"
 
 
+_LEAD_ADDRESS_COLUMNS = (
+    "address1_line1",
+    "address1_city",
+    "address1_stateorprovince",
+    "address1_postalcode",
+    "address1_country",
+)
+"""A lead carries its company's address itself (there is no account yet)."""
+
 KINDS: dict[CrmObjectKind, _Kind] = {"opportunity": _Kind("opportunity"), "lead": _Kind("lead")}
 _ACCOUNT_COLUMNS = ("name", "address1_line1", "address1_city", "address1_stateorprovince", "address1_postalcode")
 _CONTACT_COLUMNS = ("contactid", "firstname", "lastname", "emailaddress1", "telephone1", "jobtitle")
@@ -332,6 +341,7 @@ class DynamicsCrm:
                 "lastname",
                 "emailaddress1",
                 "telephone1",
+                *_LEAD_ADDRESS_COLUMNS,
             ]
         account_select = ",".join(dict.fromkeys([*_ACCOUNT_COLUMNS, self.settings.account_country_field]))
         expand = [
@@ -380,7 +390,15 @@ class DynamicsCrm:
                 country=account_row.get(self.settings.account_country_field),
             )
         elif ref.kind == "lead" and row.get("companyname"):
-            account = CrmAccount(name=str(row["companyname"]))
+            street, city, state, postal_code, country = (row.get(column) for column in _LEAD_ADDRESS_COLUMNS)
+            account = CrmAccount(
+                name=str(row["companyname"]),
+                street=street,
+                city=city,
+                state=state,
+                postal_code=postal_code,
+                country=country,
+            )
         contacts: list[CrmContact] = []
         primary = row.get("parentcontactid")
         if isinstance(primary, dict):
@@ -524,6 +542,11 @@ class DynamicsCrm:
                     "lead_last_name": "lastname",
                     "lead_email": "emailaddress1",
                     "lead_phone": "telephone1",
+                    "lead_street": "address1_line1",
+                    "lead_city": "address1_city",
+                    "lead_state": "address1_stateorprovince",
+                    "lead_postal_code": "address1_postalcode",
+                    "lead_country": "address1_country",
                 }[name]
                 body[column] = value
             elif name in CONNECTOR_COLUMNS:

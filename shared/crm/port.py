@@ -194,6 +194,11 @@ class RecordUpdate(_Record):
     lead_last_name: str | None = None
     lead_email: str | None = None
     lead_phone: str | None = None
+    lead_street: str | None = None
+    lead_city: str | None = None
+    lead_state: str | None = None
+    lead_postal_code: str | None = None
+    lead_country: str | None = None
     # connector fields
     sync_enabled: bool | None = None
     referral_id: str | None = None

@@ -386,7 +386,8 @@ class SalesforceAdapter:
                     out[self.currency_field] = value
             elif kind == "lead" and name.startswith("lead_"):
                 target = {"lead_company": "Company", "lead_first_name": "FirstName", "lead_last_name": "LastName"}
-                target |= {"lead_email": "Email", "lead_phone": "Phone"}
+                target |= {"lead_email": "Email", "lead_phone": "Phone", "lead_street": "Street", "lead_city": "City"}
+                target |= {"lead_state": "State", "lead_postal_code": "PostalCode", "lead_country": "Country"}
                 if name != "lead_company" or "name" not in written:  # `name` is the lead's Company
                     out[target[name]] = value
         return out

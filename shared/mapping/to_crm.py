@@ -70,7 +70,15 @@ def record_update(changes: View, *, crm_object: CrmObjectKind, **extra: Any) -> 
     if crm_object == "lead":
         values.pop("close_date", None)  # a lead has no close date
         if "customer" in changes:
-            values["lead_company"] = (changes["customer"] or {}).get("name")
+            customer = changes["customer"] or {}
+            values.update(
+                lead_company=customer.get("name"),
+                lead_street=customer.get("street"),
+                lead_city=customer.get("city"),
+                lead_state=customer.get("state"),
+                lead_postal_code=customer.get("postal_code"),
+                lead_country=customer.get("country"),
+            )
         if "contacts" in changes:
             first = (changes["contacts"] or [{}])[0] if changes["contacts"] else {}
             values.update(

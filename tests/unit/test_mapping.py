@@ -204,13 +204,18 @@ def test_record_update_writes_only_the_changed_fields() -> None:
 def test_a_lead_takes_the_customer_and_first_contact_on_itself() -> None:
     update = record_update(
         {
-            "customer": {"name": "Fabrikam"},
+            "customer": {"name": "Fabrikam", "city": "Oslo", "postal_code": "0150", "country": "NO"},
             "contacts": [{"first_name": "Ann", "last_name": "Lee", "email": "ann@f.example"}],
         },
         crm_object="lead",
     )
     assert update.written() == {
         "lead_company": "Fabrikam",
+        "lead_street": None,
+        "lead_city": "Oslo",
+        "lead_state": None,
+        "lead_postal_code": "0150",
+        "lead_country": "NO",
         "lead_first_name": "Ann",
         "lead_last_name": "Lee",
         "lead_email": "ann@f.example",
