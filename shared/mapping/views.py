@@ -233,8 +233,14 @@ def crm_lifecycle(record: CrmRecord, *, pending_stage: str | None) -> CrmLifecyc
     return "open"
 
 
-def crm_view(record: CrmRecord, *, pending_stage: str | None, accept_country_names: bool) -> View:
-    """What the CRM says, in the same neutral fields as `referral_view`."""
+def crm_view(
+    record: CrmRecord, *, pending_stage: str | None, accept_country_names: bool, lead_has_name: bool = True
+) -> View:
+    """What the CRM says, in the same neutral fields as `referral_view`.
+
+    `lead_has_name=False` for Salesforce, whose leads have no deal name (their Company is the
+    customer): the referral name then has no place on the lead, so the view holds no opinion on it.
+    """
     account = record.account
     connector = record.connector
     view: View = {
@@ -283,6 +289,8 @@ def crm_view(record: CrmRecord, *, pending_stage: str | None, accept_country_nam
         "referral_link": _text(connector.referral_link),
         "microsoft_crm_id": _text(connector.microsoft_crm_id),
     }
+    if record.ref.kind == "lead" and not lead_has_name:
+        del view["name"]
     if record.currency is not None:  # single-currency orgs have no currency field: no opinion
         view["currency"] = record.currency.strip().upper() or None
     return view

@@ -94,6 +94,7 @@ class SyncEngine:
         self.crm = crm
         self.clock = clock
         self.pending_stage = settings.salesforce_pending_stage if crm.kind == "salesforce" else None
+        self.lead_has_name = crm.kind != "salesforce"  # a Salesforce lead's Company is the customer
 
     # ---- entry points -------------------------------------------------------------------------------
     def handle(self, request: PartnerCenterChange | CrmChange) -> None:
@@ -210,7 +211,10 @@ class SyncEngine:
 
     def _crm_view(self, record: CrmRecord) -> View:
         return crm_view(
-            record, pending_stage=self.pending_stage, accept_country_names=self.settings.accept_country_names
+            record,
+            pending_stage=self.pending_stage,
+            accept_country_names=self.settings.accept_country_names,
+            lead_has_name=self.lead_has_name,
         )
 
     def _link_url(self, referral: Referral) -> str:
@@ -279,7 +283,7 @@ class SyncEngine:
                     "customer",
                     "contacts",
                 )
-                if field in pc
+                if field in pc and (field != "name" or kind == "opportunity" or self.lead_has_name)
             },
             crm_object=kind,
             lifecycle=creation_lifecycle(pc["lifecycle"]),
