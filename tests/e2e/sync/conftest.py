@@ -14,6 +14,7 @@ write reached Partner Center or the CRM since.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import pytest
 from sandbox import credentials
 from sandbox.azurite import Azurite
 from sandbox.host import LocalHost, QueueOptions, functions_of
+from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.salesforce import SalesforceSimulator
 from sandbox.simulators import SandboxServices
 from shared.crm.port import CrmObjectKind, CrmPort, CrmRecord, CrmRef
@@ -133,6 +135,7 @@ class SyncSystem:
     pc_control: SimulatorControl
     crm_control: SimulatorControl
     calls: CallLog
+    pc_simulator: PartnerCenterSimulator
     scenario: str = ""
     _start: Mark | None = None
     _excluded_crm: set[int] = field(default_factory=set)
@@ -263,9 +266,22 @@ class SyncSystem:
             record = self.seller.raw(kind, record_id)
             return record if condition(record) else None
 
-        record = wait_until(check, timeout=SYNC_TIMEOUT, what=what)
+        try:
+            record = wait_until(check, timeout=SYNC_TIMEOUT, what=what)
+        except AssertionError as error:  # say where the record stands: that is the evidence
+            raise AssertionError(f"{error}; the record now: {self._describe(kind, record_id)}") from None
         assert record is not None
         return record
+
+    def _describe(self, kind: CrmObjectKind, record_id: str) -> str:
+        raw = self.seller.raw(kind, record_id)
+        recent = [
+            f"{i.function}:{i.outcome}:{i.detail[:300]}" for i in self.host.invocations if i.outcome != "succeeded"
+        ]
+        return (
+            f"name={raw.name!r} sync={raw.sync_enabled} status={raw.sync_status} referral={raw.referral_id} "
+            f"mirror={raw.referral_status!r} audit={raw.audit[:600]!r}; failed invocations: {recent[-3:]}"
+        )
 
     def wait_for_referral(self, referral_id: str, condition: Any, what: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
@@ -275,6 +291,33 @@ class SyncSystem:
         referral = wait_until(check, timeout=SYNC_TIMEOUT, what=what)
         assert referral is not None
         return referral
+
+    def deliver_event(self, event: str, referral_id: str, change_date: str) -> int:
+        """Partner Center delivering an event (again), signed with its own key, as duplicates arrive."""
+        simulator = self.pc_simulator
+        body = json.dumps(
+            {
+                "EventName": event,
+                "ResourceUri": f"{simulator.base_url}/engagements/v1/referrals/{referral_id}",
+                "ResourceName": "referral",
+                "AuditUri": None,
+                "ResourceChangeUtcDate": change_date,
+            },
+            separators=(",", ":"),
+        ).encode()
+        response = httpx.post(
+            f"{self.host.url}/api/partner-center/events",
+            params={"code": credentials.FUNCTION_KEY},
+            content=body,
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "Authorization": f"Signature {simulator.sign(body)}",
+                "x-ms-certificate-url": simulator.certificate_url,
+                "x-ms-signature-algorithm": "rsa-sha256",
+            },
+            timeout=30,
+        )
+        return response.status_code
 
     def audit(self, referral_id: str) -> list[AuditEntry]:
         return self.state.list_audit(link_id_for_referral(referral_id), limit=50)
@@ -321,6 +364,7 @@ def system(
         CRM_KIND=crm,
         CRM_POLL_SCHEDULE="*/1 * * * * *",
         PC_RECONCILE_SCHEDULE=RARE_SCHEDULE,
+        PC_TOKEN_REFRESH_SCHEDULE=RARE_SCHEDULE,
     )
     environment.update(settings_overrides)
     settings = load_settings(environment)
@@ -329,6 +373,8 @@ def system(
     auth = PartnerCenterAuth.from_settings(settings, storage)
     auth.login(show=lambda _message: None)  # the identity simulator approves the device code
     pc_control = SimulatorControl("partner-center", sandbox_services.partner_center.url, http)
+    pc_simulator = sandbox_services.partner_center.simulator
+    assert isinstance(pc_simulator, PartnerCenterSimulator)
     crm_server = sandbox_services.salesforce if crm == "salesforce" else sandbox_services.dataverse
     crm_control = SimulatorControl(crm, crm_server.url, http)
     calls = CallLog()
@@ -378,6 +424,7 @@ def system(
                 pc_control=pc_control,
                 crm_control=crm_control,
                 calls=calls,
+                pc_simulator=pc_simulator,
             )
         finally:
             host.stop()

@@ -454,7 +454,7 @@ class SalesforceSeller:
             closed = bool(row.get("IsConverted")) or row.get("Status") == SALESFORCE_DISQUALIFIED_LEAD_STATUS
         return RawRecord(
             id=str(row["Id"]),
-            name=str(row.get("Name") or row.get("Company") or ""),
+            name=str(row.get("Name" if kind == "opportunity" else "Company") or ""),  # a lead's name is its Company
             sync_enabled=bool(row.get("PCS_Sync_With_Partner_Center__c")),
             sync_status=row.get("PCS_Sync_Status__c"),
             referral_id=row.get("PCS_Referral_Id__c"),
@@ -483,7 +483,7 @@ class SalesforceSeller:
 
     def records_named(self, kind: CrmObjectKind, name_prefix: str) -> list[RawRecord]:
         rows = self._objects("Opportunity" if kind == "opportunity" else "Lead")
-        return [self._view(kind, row) for row in rows if str(row.get("Name") or "").startswith(name_prefix)]
+        return [view for view in (self._view(kind, row) for row in rows) if view.name.startswith(name_prefix)]
 
 
 _DATAVERSE_COLUMNS = {
