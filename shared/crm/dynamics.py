@@ -194,6 +194,7 @@ class DynamicsCrm:
         self.overlap = overlap
         self._currency_ids: dict[str, str] = {}
         self._currency_codes: dict[str, str] = {}
+        self._owner_emails: dict[str, str | None] = {}
         self._own_user_id: str | None = None
         self._stakeholder_role_id: str | None = None
         self._lock = threading.Lock()
@@ -453,10 +454,27 @@ class DynamicsCrm:
             notes=row.get("description"),
             owner_id=row.get("_ownerid_value"),
             owner_name=row.get(f"_ownerid_value{FORMATTED}"),
+            owner_email=self._owner_email(row.get("_ownerid_value")),
             modified_at=_parse_time(row.get("modifiedon")),
             modified_by_id=modified_by,
             modified_by_integration=modified_by is not None and modified_by == self.own_user_id(),
         )
+
+    def _owner_email(self, owner_id: Any) -> str | None:
+        """The owning user's email (the partner team member Partner Center shows), cached per owner.
+        A record owned by a team (not a systemuser) has no single seller: None."""
+        if not owner_id:
+            return None
+        key = str(owner_id).lower()
+        if key not in self._owner_emails:
+            try:
+                user = self.http.get_json(
+                    "read_owner", f"systemusers({key})", params={"$select": "internalemailaddress"}
+                )
+            except CrmNotFoundError:
+                user = {}  # the owner is a team
+            self._owner_emails[key] = user.get("internalemailaddress") or None
+        return self._owner_emails[key]
 
     def _currency_of(self, row: JsonDict) -> str | None:
         field = self.settings.deal_currency_field

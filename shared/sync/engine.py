@@ -18,6 +18,8 @@ the CRM record's audit and sync status and to the link, and are not retried.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -74,8 +76,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _stamp(moment: dt.datetime | None) -> str | None:
-    return moment.astimezone(dt.UTC).isoformat() if moment else None
+def _fingerprint(view: View) -> str:
+    return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 class SyncEngine:
@@ -194,10 +196,12 @@ class SyncEngine:
                 return link
         return None
 
-    @staticmethod
-    def _unchanged_since_last_sync(link: Link, record: CrmRecord) -> bool:
-        seen = link.snapshot.get("crm_modified_at")
-        return seen is not None and seen == _stamp(record.modified_at)
+    def _unchanged_since_last_sync(self, link: Link, record: CrmRecord) -> bool:
+        """Nothing we sync changed in the CRM since our last look: our own write coming back, or a
+        seller's edit to a field we do not map. Compares everything we map, children included
+        (solutions and contact roles do not move the parent's modification stamp)."""
+        seen = link.snapshot.get("crm_seen")
+        return seen is not None and seen == _fingerprint(self._crm_view(record))
 
     def _find_created_referral(self, crm_id: str, since: dt.datetime) -> Referral | None:
         """The referral an earlier attempt may have created for `crm_id` before failing.
@@ -222,8 +226,10 @@ class SyncEngine:
             id=referral.id, engagement_id=referral.engagement_id or ""
         )
 
-    def _snapshot(self, pc: View, crm: View, record: CrmRecord, **extra: Any) -> dict[str, Any]:
-        return {"pc": pc, "crm": crm, "crm_modified_at": _stamp(record.modified_at), **extra}
+    def _snapshot(self, pc: View, crm: View, seen: View, **extra: Any) -> dict[str, Any]:
+        """`pc` / `crm`: what each side said at this sync (the merge base); `seen`: the CRM record as
+        we left it, fingerprinted to recognise our own write when the poll brings it back."""
+        return {"pc": pc, "crm": crm, "crm_seen": _fingerprint(seen), **extra}
 
     def _pc_only_fields(self, referral: Referral, pc: View, crm: View) -> dict[str, Any]:
         """Partner Center -> CRM read-only fields that differ: they simply follow Partner Center."""
@@ -329,7 +335,7 @@ class SyncEngine:
                 "last_error": None,
                 "pc_etag": referral.e_tag,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(record), record),
+                "snapshot": self._snapshot(pc, self._crm_view(record), self._crm_view(record)),
             }
         )
         self._save(link)
@@ -353,7 +359,7 @@ class SyncEngine:
             crm_id=record.ref.id,
             state="linked",
             pc_etag=referral.e_tag,
-            snapshot=self._snapshot(pc, crm, record),
+            snapshot=self._snapshot(pc, crm, crm),
         )
         try:
             link = self.state.create_link(link)
@@ -415,7 +421,7 @@ class SyncEngine:
                 "last_error": None,
                 "pc_etag": referral.e_tag,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(fresh), fresh),
+                "snapshot": self._snapshot(pc, self._crm_view(fresh), self._crm_view(fresh)),
             }
         )
         link = self._save(link)
@@ -445,7 +451,7 @@ class SyncEngine:
                 "state": "error" if link.referral_id is None else link.state,
                 "status": "error",
                 "last_error": message,
-                "snapshot": {**link.snapshot, "crm_modified_at": _stamp(fresh.modified_at)},
+                "snapshot": {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))},
             }
         )
         self._save(link)
@@ -548,6 +554,8 @@ class SyncEngine:
 
         if to_pc or status:
             projected = {**pc, **to_pc}
+            if "currency" not in crm:
+                projected.pop("currency", None)  # a single-currency CRM cannot be asked to choose one
             problems = rules.partner_center_problems(projected, accept_country_names=self.settings.accept_country_names)
             if problems:
                 error = "Not sent to Partner Center: " + "; ".join(problems)
@@ -600,13 +608,14 @@ class SyncEngine:
         elif crm_written:
             fresh = self.crm.read(ref)
 
-        new_base_crm = self._crm_view(fresh)
+        fresh_view = self._crm_view(fresh)
+        new_base_crm = dict(fresh_view)
         for name in unsent:
             if name in base_crm:
                 new_base_crm[name] = base_crm[name]
             else:
                 new_base_crm.pop(name, None)
-        snapshot = self._snapshot(pc_after, new_base_crm, fresh, **({"held": held} if held else {}))
+        snapshot = self._snapshot(pc_after, new_base_crm, fresh_view, **({"held": held} if held else {}))
         if snapshot != link.snapshot or updated.e_tag != link.pc_etag or (error or None) != link.last_error:
             link = self._save(
                 link.model_copy(
@@ -633,8 +642,11 @@ class SyncEngine:
         lifecycle = rules.crm_lifecycle_for(
             pc, crm, crm_object=ref.kind, has_pending_stage=self.pending_stage is not None
         )
-        if lifecycle in ("won", "lost") and base_pc.get("lifecycle") == pc.get("lifecycle"):
-            lifecycle = None  # Partner Center closed it long ago; a seller reopened the CRM record since
+        if base_pc.get("lifecycle") == pc.get("lifecycle"):
+            # Only a status change in Partner Center moves the CRM stage: a referral closed long ago
+            # does not re-close a record a seller reopened, and an outgoing (already accepted)
+            # referral does not push the seller's early-stage opportunity on.
+            lifecycle = None
         if lifecycle is not None:
             extra["lifecycle"] = lifecycle
         if not changes and not extra:
@@ -692,7 +704,7 @@ class SyncEngine:
                 "status": "synced",
                 "last_error": None,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(record), record),
+                "snapshot": self._snapshot(pc, self._crm_view(record), self._crm_view(record)),
             }
         )
         saved = self._save(moved)
