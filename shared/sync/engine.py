@@ -392,7 +392,11 @@ class SyncEngine:
             link = self.state.save_link(link.model_copy(update={"state": "creating"}))  # the write-ahead intent
         referral: Referral | None = None
         if link.referral_id:
-            referral = self.pc.get_referral(link.referral_id)
+            try:
+                referral = self.pc.get_referral(link.referral_id)
+            except PartnerCenterNotFoundError as gone:
+                self._unlink_missing(link, gone)
+                return
         elif retrying:
             referral = self._find_created_referral(ref.id, since=link.updated_at)
             if referral is not None:
