@@ -493,7 +493,23 @@ class SyncEngine:
                 if fresh is None or fresh.crm_id is None:
                     raise SyncRetryError(f"link {link.link_id} changed shape while we merged") from None
                 link, referral, record = fresh, None, None
+            except CrmValidationError as refused:
+                self._crm_refused(link, record, refused)
+                return
         raise SyncRetryError(f"link {link.link_id} kept changing on both sides; the queue will retry")
+
+    def _crm_refused(self, link: Link, record: CrmRecord, refused: CrmValidationError) -> None:
+        """The CRM refused Partner Center's data (a validation rule, a required field, a bad
+        picklist value): retrying cannot help. Say so on the record once; the next change retries."""
+        message = f"Partner Center -> CRM: the CRM refused the update: {refused}"
+        log.warning("link %s: %s", link.link_id, message)
+        if link.last_error == message:
+            return
+        self.crm.set_sync_result(record.ref, "Error", self.clock(), audit_line=message)
+        fresh = self.crm.read(record.ref)
+        snapshot = {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))}
+        self._save(link.model_copy(update={"status": "error", "last_error": message, "snapshot": snapshot}))
+        self.state.append_audit(link.link_id, direction="pc->crm", outcome="error", message=message)
 
     def _unlink_missing(self, link: Link, gone: Exception) -> None:
         """One side of the link no longer exists (deleted, or no longer visible to our sign-in):
