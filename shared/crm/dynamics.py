@@ -53,6 +53,7 @@ from shared.crm.port import (
     strip_sync_mark,
     with_sync_mark,
 )
+from shared.crm.watermark import OverlapWatermark
 from shared.settings import Settings
 
 # Option values of the connector's choices (crm_schema/dynamics/schema.json; a test keeps them equal).
@@ -213,10 +214,10 @@ class DynamicsCrm:
     def changed_since(self, watermark: str | None) -> ChangedRecords:
         if self.settings.dataverse_change_tracking:
             return self._changed_by_delta(watermark)
-        last_seen = _parse_time(watermark)
-        since = last_seen - self.overlap if last_seen is not None else None
+        state = OverlapWatermark.parse(watermark, crm="Dataverse")
+        since = state.stamp - self.overlap if state.stamp is not None else None
         newest: dict[CrmRef, str] = {}
-        latest = watermark
+        latest: str | None = None
         for kind, spec in KINDS.items():
             conditions = ["pcs_syncwithpartnercenter eq true"]
             if since is not None:
@@ -235,8 +236,12 @@ class DynamicsCrm:
                 self._note(newest, CrmRef(kind=kind, id=str(row[spec.id_column]).lower()), str(row["modifiedon"]))
                 latest = max(latest or "", str(row["modifiedon"]))
         latest = self._child_changes(since, newest, latest)
-        ordered = sorted(newest.items(), key=lambda item: (item[1], item[0].kind, item[0].id))
-        return ChangedRecords(refs=[ref for ref, _ in ordered], watermark=latest)
+        stamps = {ref: _parse_time(text) for ref, text in newest.items()}
+        fresh = [(text, ref) for ref, text in newest.items() if not state.reported(ref.id, stamps[ref])]  # type: ignore[arg-type]
+        ordered = sorted(fresh, key=lambda item: (item[0], item[1].kind, item[1].id))
+        seen = {ref.id: stamp for ref, stamp in stamps.items() if stamp is not None}
+        advanced = state.advance(_parse_time(latest), seen, self.overlap)
+        return ChangedRecords(refs=[ref for _, ref in ordered], watermark=advanced.dump())
 
     @staticmethod
     def _note(newest: dict[CrmRef, str], ref: CrmRef, modified: str) -> None:

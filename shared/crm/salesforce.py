@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
-import json
 import re
 import threading
 import time
@@ -43,7 +42,6 @@ from shared.crm.port import (
     CrmAccount,
     CrmAuthError,
     CrmContact,
-    CrmError,
     CrmNotFoundError,
     CrmObjectKind,
     CrmRecord,
@@ -58,6 +56,7 @@ from shared.crm.port import (
     strip_sync_mark,
     with_sync_mark,
 )
+from shared.crm.watermark import OverlapWatermark
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -567,7 +566,7 @@ class SalesforceAdapter:
 
     # ---- CrmPort: reading -----------------------------------------------------------------------------
     def changed_since(self, watermark: str | None) -> ChangedRecords:
-        state = _Watermark.parse(watermark)
+        state = OverlapWatermark.parse(watermark, crm="Salesforce")
         since = state.stamp - self.overlap if state.stamp else None
         where = self._soql(" AND SystemModstamp >= {}", since) if since else ""
         seen: dict[tuple[CrmObjectKind, str], dt.datetime] = {}
@@ -876,49 +875,3 @@ class SalesforceAdapter:
             return
         stage = self.settings.salesforce_won_stage if won else self.settings.salesforce_lost_stage
         self._call("close", lambda sf: _sobject(sf, "Opportunity").update(ref.id, {"StageName": stage}))
-
-
-class _Watermark:
-    """The opaque watermark of `changed_since`: the newest SystemModstamp seen, plus the (id, stamp)
-    pairs already reported inside the overlap window, so re-reading the window (for transactions
-    that commit late with an earlier stamp) does not report the same change twice."""
-
-    def __init__(self, stamp: dt.datetime | None, reported: dict[str, dt.datetime]) -> None:
-        self.stamp = stamp
-        self.reported_pairs = reported
-
-    @classmethod
-    def parse(cls, text: str | None) -> _Watermark:
-        if not text:
-            return cls(None, {})
-        try:
-            data = json.loads(text)
-            stamp = dt.datetime.fromisoformat(data["t"])
-            reported = {key: dt.datetime.fromisoformat(value) for key, value in (data.get("seen") or {}).items()}
-        except (ValueError, KeyError, TypeError) as error:
-            raise CrmError(f"not a Salesforce watermark: {text[:80]!r}") from error
-        return cls(stamp, reported)
-
-    def reported(self, record_id: str, stamp: dt.datetime) -> bool:
-        previous = self.reported_pairs.get(record_id)
-        return previous is not None and previous >= stamp
-
-    def advance(self, newest: dt.datetime | None, seen: dict[str, dt.datetime], overlap: dt.timedelta) -> _Watermark:
-        if newest is None:
-            return self
-        horizon = newest - overlap
-        merged = {**self.reported_pairs}
-        for record_id, stamp in seen.items():
-            merged[record_id] = max(stamp, merged.get(record_id, stamp))
-        kept = dict(sorted(((k, v) for k, v in merged.items() if v >= horizon), key=lambda item: item[1])[-5000:])
-        return _Watermark(max(newest, self.stamp) if self.stamp else newest, kept)
-
-    def dump(self) -> str | None:
-        if self.stamp is None:
-            return None
-        return json.dumps(
-            {
-                "t": self.stamp.isoformat(),
-                "seen": {key: value.isoformat() for key, value in self.reported_pairs.items()},
-            }
-        )
