@@ -34,6 +34,8 @@ Control API (besides reset/state/requests/faults of `sandbox.server`):
     POST /_sandbox/referrals/{id}/edit-after-next-read   JSON Patch applied as another Partner Center
         user right after the next `GET /referrals/{id}` was answered, so that reader's eTag is stale;
         normal transition checks, new eTag, fires `referral-updated`; outcomes in state `scheduled_edits`
+    POST /_sandbox/referrals/answer-late      {"seconds", "count"}: the next creates store the referral (and
+        fire its webhook) at once but answer only after `seconds`: a client that timed out missed a create
     GET /_sandbox/state also lists `patches`: every PATCH of a referral with its If-Match, operations and status
 """
 
@@ -420,6 +422,7 @@ class PartnerCenterSimulator(Simulator):
         self.scheduled_edits: dict[str, list[Any]] = {}  # referral id -> JSON Patch, applied after the next GET
         self.scheduled_edit_results: list[JsonDict] = []
         self.patches: list[JsonDict] = []  # every PATCH /referrals/{id}: referral_id, if_match, operations, status
+        self.late_answers: list[float] = []  # seconds to hold the answer of each next create, after storing it
         backoff, max_backoff, attempts, timeout = self._delivery_defaults
         self.backoff_seconds = backoff
         self.max_backoff_seconds = max_backoff
@@ -681,8 +684,11 @@ class PartnerCenterSimulator(Simulator):
                 )
                 self._fire("referral-created", referral["id"])
                 created = copy.deepcopy(referral)
+                late = self.late_answers.pop(0) if self.late_answers else 0.0
         except ApiError as error:
             return error.response()
+        if late:
+            time.sleep(late)  # the referral exists already; a client that gave up never hears of it
         # The connector swagger declares 200 for create (reference 1.1); clients accept any 2xx.
         return json_response(200, created, {"ETag": created["eTag"]})
 
@@ -1078,6 +1084,18 @@ class PartnerCenterSimulator(Simulator):
                 return error.response()
             self.scheduled_edits[request.path_params["referral_id"]] = operations
         return json_response(202, {"scheduled": operations})
+
+    @route("POST", "/_sandbox/referrals/answer-late")
+    def _control_answer_late(self, request: Request) -> Response:
+        body = request.json() or {}
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        count = body.get("count", 1) if isinstance(body, dict) else None
+        if not (isinstance(seconds, int | float) and 0 < seconds <= 120 and isinstance(count, int) and count > 0):
+            message = "body must be {'seconds': 0 < s <= 120, 'count': n > 0}"
+            return json_response(400, {"error": {"code": "BadLateAnswer", "message": message}})
+        with self.lock:
+            self.late_answers.extend([float(seconds)] * count)
+        return json_response(200, {"late_answers": list(self.late_answers)})
 
     @route("POST", "/_sandbox/webhooks/drop")
     def _control_drop(self, request: Request) -> Response:

@@ -236,8 +236,13 @@ class SyncSystem:
             seconds=settled.at - self._start.at,
         )
         _write_report()
-        recent = [f"{i.function}:{i.outcome}" for i in self.host.invocations[-8:]]
-        assert not writes, f"not quiet after the scenario settled: {writes}; last invocations {recent}"
+        if writes:
+            pc_entries, crm_entries = self._since(settled)
+            paths = sorted({e["path"] for e in pc_entries + crm_entries if e["method"] in WRITE_METHODS})[:6]
+            recent = [f"{i.function}:{i.outcome}" for i in self.host.invocations[-8:]]
+            raise AssertionError(
+                f"not quiet after the scenario settled: {writes} on {paths}; last invocations {recent}"
+            )
 
     # reading results
     def read(self, kind: CrmObjectKind, record_id: str) -> CrmRecord:

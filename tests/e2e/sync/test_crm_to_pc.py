@@ -15,7 +15,7 @@ from tests.e2e.sync.drivers import Account, Contact, Solution, tag
 pytestmark = [pytest.mark.azurite, pytest.mark.sandbox, pytest.mark.e2e]
 
 REFERRAL_LINK = "https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{id}"
-SELLER_EMAILS = {"sally.seller@sandbox.example"}
+SELLER_EMAILS = {"sally.seller@sandbox.example", "dana.seller@sandbox.example"}  # Salesforce, Dataverse sellers
 
 
 @dataclass

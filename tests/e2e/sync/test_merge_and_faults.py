@@ -107,9 +107,11 @@ def test_17_a_fault_after_the_partner_center_create_creates_no_second_referral(s
     if sync.crm == "salesforce":
         prefix = f"/services/data/v{sync.settings.salesforce_api_version}/sobjects/Opportunity/{created.opportunity_id}"
     else:
-        prefix = f"/api/data/v9.2/opportunities({created.opportunity_id})"
-    sync.crm_control.fault(method="PATCH", path_prefix=prefix, status=503, count=6)
+        prefix = "/api/data/v9.2/opportunities("  # by id or by the referral id key: the seller writes elsewhere
+    # The seller's own PATCH goes through the same route in Salesforce: inject right after it
+    # (the next poll is up to a second away, far longer than the next line takes).
     sync.seller.update("opportunity", created.opportunity_id, sync=True)
+    sync.crm_control.fault(method="PATCH", path_prefix=prefix, status=503, count=6)
 
     referral = wait_created(sync, created.opportunity_id)
     sync.idle()
@@ -122,6 +124,7 @@ def test_17_a_fault_after_the_partner_center_create_creates_no_second_referral(s
         for e in sync.pc_control.requests()[start:]
         if e["method"] == "GET" and e["route"] == "/v1.0/engagements/referrals"
     ]
+    assert any(i.function == "process_sync_request" and i.outcome == "failed" for i in sync.host.invocations)
     assert lookups, "the retry looks the referral up before creating again"
     sync.assert_quiet()
 
