@@ -132,3 +132,27 @@ def test_an_edit_lands_right_after_the_next_read(
             "status": 412,
         }
     ]
+
+
+@pytest.mark.azurite
+def test_a_late_answer_stores_the_referral_before_answering(
+    sandbox_services: SandboxServices, http: httpx.Client, azurite: Azurite
+) -> None:
+    control = _partner_center(sandbox_services, http)
+    control.post("referrals/answer-late", {"seconds": 1.5, "count": 1})
+    settings = load_settings(base_environment(azurite.connection_string, **sandbox_services.app_settings()))
+    auth = PartnerCenterAuth.from_settings(settings)
+    auth.login(show=lambda _message: None)
+    external_id = f"late-{tag()}"
+    body = {
+        "name": "Late answer",
+        "externalReferenceId": external_id,
+        "customerProfile": {"name": "Contoso", "address": {"country": "US"}},
+    }
+    headers = {"Authorization": f"Bearer {auth.token(settings.pc_api_scope)}"}
+    with pytest.raises(httpx.TimeoutException):
+        http.post(f"{settings.pc_api_base_url}/referrals", json=body, headers=headers, timeout=0.5)
+    stored = [item for item in control.state()["referrals"] if item.get("externalReferenceId") == external_id]
+    assert len(stored) == 1  # created although the caller never heard of it
+    bad = http.post(f"{control.base_url}/_sandbox/referrals/answer-late", json={"seconds": 0})
+    assert bad.status_code == 400
