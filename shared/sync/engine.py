@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,9 @@ message is retried later by the queue."""
 CREATE_LOOKUP_MARGIN = dt.timedelta(minutes=10)
 """How far before a `creating` intent the retry looks for the referral it may have created."""
 
+CREATE_SETTLE_MARGIN = dt.timedelta(seconds=1)
+"""Beyond the Partner Center HTTP timeout, how long a create that timed out may still take to land."""
+
 CLOSED_STATES = ("won", "lost", "declined", "expired")
 
 
@@ -89,12 +93,14 @@ class SyncEngine:
         partner_center: PartnerCenterClient,
         crm: CrmPort,
         clock: Callable[[], dt.datetime] = _now,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.state = state
         self.pc = partner_center
         self.crm = crm
         self.clock = clock
+        self.sleep = sleep
         self.pending_stage = settings.salesforce_pending_stage if crm.kind == "salesforce" else None
         self.lead_has_name = crm.kind != "salesforce"  # a Salesforce lead's Company is the customer
 
@@ -398,6 +404,15 @@ class SyncEngine:
                 self._unlink_missing(link, gone)
                 return
         elif retrying:
+            # The earlier POST may still be on its way to Partner Center (its answer was lost, not
+            # necessarily the request): look only once it can no longer land unseen.
+            settle = dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
+            remaining = (link.updated_at + settle - self.clock()).total_seconds()
+            if remaining > 0:
+                log.info(
+                    "waiting %.1f s for an earlier create of %s %s to land before looking", remaining, ref.kind, ref.id
+                )
+                self.sleep(remaining)
             referral = self._find_created_referral(ref.id, since=link.updated_at)
             if referral is not None:
                 log.info("found referral %s created by an earlier attempt for %s %s", referral.id, ref.kind, ref.id)
