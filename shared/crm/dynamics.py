@@ -236,10 +236,13 @@ class DynamicsCrm:
                 self._note(newest, CrmRef(kind=kind, id=str(row[spec.id_column]).lower()), str(row["modifiedon"]))
                 latest = max(latest or "", str(row["modifiedon"]))
         latest = self._child_changes(since, newest, latest)
-        stamps = {ref: _parse_time(text) for ref, text in newest.items()}
-        fresh = [(text, ref) for ref, text in newest.items() if not state.reported(ref.id, stamps[ref])]  # type: ignore[arg-type]
+        seen = {ref.id: stamp for ref, text in newest.items() if (stamp := _parse_time(text)) is not None}
+        fresh = [
+            (text, ref)
+            for ref, text in newest.items()
+            if ref.id not in seen or not state.reported(ref.id, seen[ref.id])
+        ]
         ordered = sorted(fresh, key=lambda item: (item[0], item[1].kind, item[1].id))
-        seen = {ref.id: stamp for ref, stamp in stamps.items() if stamp is not None}
         advanced = state.advance(_parse_time(latest), seen, self.overlap)
         return ChangedRecords(refs=[ref for _, ref in ordered], watermark=advanced.dump())
 

@@ -16,18 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.crm.port import CrmObjectKind, Lifecycle
 from shared.mapping.countries import CountryError, country_code
 from shared.mapping.views import View
-from shared.model.referral import Referral
-
-ASSISTANCE_REQUEST_CODES = (
-    "Unknown",
-    "GeneralOrOther",
-    "CustomerTechnicalArchitecture",
-    "ProofOfConceptOrDemo",
-    "QuotesOrLicensing",
-    "PostSalesCustomerSuccess",
-    "WorkloadSpecificValueProposition",
-)
-"""`inviteContext.assistanceRequestCode` values (reference 1.4): the "How can Microsoft help?" picklist."""
+from shared.model.referral import ASSISTANCE_REQUEST_CODES, Referral
 
 
 def crm_object_for(referral: Referral) -> CrmObjectKind:

@@ -68,21 +68,17 @@ Direction = Annotated[str, _tolerant("direction", ("Incoming", "Outgoing"))]
 TargetType = Annotated[str, _tolerant("target.type", ("None", "BusinessProfileLocation", "SolutionProfile"))]
 SolutionType = Annotated[str, _tolerant("solution.type", ("None", "Category", "Name"))]
 ProfileType = Annotated[str, _tolerant("customerProfile.ids.profileType", ("Duns", "External"))]
-AssistanceRequestCode = Annotated[
-    str,
-    _tolerant(
-        "inviteContext.assistanceRequestCode",
-        (
-            "Unknown",
-            "GeneralOrOther",
-            "CustomerTechnicalArchitecture",
-            "ProofOfConceptOrDemo",
-            "QuotesOrLicensing",
-            "PostSalesCustomerSuccess",
-            "WorkloadSpecificValueProposition",
-        ),
-    ),
-]
+ASSISTANCE_REQUEST_CODES = (
+    "Unknown",
+    "GeneralOrOther",
+    "CustomerTechnicalArchitecture",
+    "ProofOfConceptOrDemo",
+    "QuotesOrLicensing",
+    "PostSalesCustomerSuccess",
+    "WorkloadSpecificValueProposition",
+)
+"""`inviteContext.assistanceRequestCode` values (reference 1.4): the "How can Microsoft help?" picklist."""
+AssistanceRequestCode = Annotated[str, _tolerant("inviteContext.assistanceRequestCode", ASSISTANCE_REQUEST_CODES)]
 
 CLOSED_SUBSTATUSES = frozenset({"Won", "Lost", "Declined", "Expired"})
 

@@ -52,6 +52,7 @@ from shared.sync.state import (
     AlreadyExistsError,
     ConcurrencyConflictError,
     Link,
+    LinkState,
     StateStore,
     link_id_for_crm,
     link_id_for_referral,
@@ -330,22 +331,7 @@ class SyncEngine:
             self.crm.set_solutions(ref, crm_solutions(pc["solutions"]))
         line = f"Partner Center -> CRM: created from Partner Center referral {referral.id}"
         line = "; ".join([line, *notes])
-        self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
-        record = self.crm.read(ref)
-        link = link.model_copy(
-            update={
-                "crm_object": kind,
-                "crm_id": ref.id,
-                "state": "linked",
-                "status": "synced",
-                "last_error": None,
-                "pc_etag": referral.e_tag,
-                "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(record), self._crm_view(record)),
-            }
-        )
-        self._save(link)
-        self.state.append_audit(link.link_id, direction="pc->crm", outcome="synced", message=line)
+        self._finish_linked(link, ref, referral, pc, line, direction="pc->crm")
         log.info("referral %s -> new CRM %s %s", referral.id, kind, ref.id)
 
     def _adopt(self, record: CrmRecord, referral_id: str) -> None:
@@ -431,20 +417,7 @@ class SyncEngine:
             write_back["visible_to_microsoft"] = True  # co-sell is always shared with Microsoft sellers
         self.crm.update_fields(ref, RecordUpdate(**write_back))
         line = f"CRM -> Partner Center: created Partner Center referral {referral.id}"
-        self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
-        fresh = self.crm.read(ref)
-        link = link.model_copy(
-            update={
-                "state": "linked",
-                "status": "synced",
-                "last_error": None,
-                "pc_etag": referral.e_tag,
-                "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(fresh), self._crm_view(fresh)),
-            }
-        )
-        link = self._save(link)
-        self.state.append_audit(link.link_id, direction="crm->pc", outcome="synced", message=line)
+        link, fresh = self._finish_linked(link, ref, referral, pc, line, direction="crm->pc")
         log.info("%s %s -> new referral %s", ref.kind, ref.id, referral.id)
         # A deal synced when already closed: the status rules close the referral right away.
         self._sync_link(link, referral=referral, record=fresh)
@@ -452,10 +425,6 @@ class SyncEngine:
     def _refuse_new(self, record: CrmRecord, link: Link | None, message: str) -> None:
         """A record that cannot become a referral yet: say why on the record, remember we said it."""
         ref = record.ref
-        if link is not None and link.last_error == message:
-            return  # the seller changed something unrelated; the record already says this
-        self.crm.set_sync_result(ref, "Error", self.clock(), audit_line=message)
-        fresh = self.crm.read(ref)
         if link is None:
             link = Link(link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="error")
             try:
@@ -465,17 +434,28 @@ class SyncEngine:
                 if found is None:
                     raise SyncRetryError(f"link {link.link_id} vanished") from None
                 link = found
-        link = link.model_copy(
-            update={
-                "state": "error" if link.referral_id is None else link.state,
-                "status": "error",
-                "last_error": message,
-                "snapshot": {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))},
-            }
-        )
-        self._save(link)
-        self.state.append_audit(link.link_id, direction="crm->pc", outcome="error", message=message)
         log.info("%s %s not sent to Partner Center: %s", ref.kind, ref.id, message)
+        self._record_error(
+            link, message, direction="crm->pc", ref=ref, state="error" if link.referral_id is None else link.state
+        )
+
+    def _record_error(
+        self, link: Link, message: str, *, direction: str, ref: CrmRef | None, state: LinkState | None = None
+    ) -> None:
+        """Say a permanent problem once: on the CRM record `ref` (audit line, Sync status Error, the
+        ✖ mark) when given, and on the link. Said already (the seller changed something unrelated,
+        or our own write came back): nothing, so our write cannot start a loop."""
+        if link.last_error == message:
+            return
+        update: dict[str, Any] = {"status": "error", "last_error": message}
+        if state is not None:
+            update["state"] = state
+        if ref is not None:
+            self.crm.set_sync_result(ref, "Error", self.clock(), audit_line=message)
+            fresh = self.crm.read(ref)
+            update["snapshot"] = {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))}
+        self._save(link.model_copy(update=update))
+        self.state.append_audit(link.link_id, direction=direction, outcome="error", message=message)
 
     # ---- an existing link ------------------------------------------------------------------------------
     def _sync_link(
@@ -518,31 +498,21 @@ class SyncEngine:
         picklist value): retrying cannot help. Say so on the record once; the next change retries."""
         message = f"Partner Center -> CRM: the CRM refused the update: {refused}"
         log.warning("link %s: %s", link.link_id, message)
-        if link.last_error == message:
-            return
-        self.crm.set_sync_result(record.ref, "Error", self.clock(), audit_line=message)
-        fresh = self.crm.read(record.ref)
-        snapshot = {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))}
-        self._save(link.model_copy(update={"status": "error", "last_error": message, "snapshot": snapshot}))
-        self.state.append_audit(link.link_id, direction="pc->crm", outcome="error", message=message)
+        self._record_error(link, message, direction="pc->crm", ref=record.ref)
 
     def _unlink_missing(self, link: Link, gone: Exception) -> None:
         """One side of the link no longer exists (deleted, or no longer visible to our sign-in):
         nothing can be synced, and retrying will not help. Say so once, on the link and, when it
         is the referral that went, on the CRM record."""
+        ref = None
         if isinstance(gone, PartnerCenterNotFoundError):
             message = f"Not synced: the referral {link.referral_id} no longer exists in Partner Center (or this sign-in cannot see it)"
+            if link.crm_object and link.crm_id:
+                ref = CrmRef(kind=link.crm_object, id=link.crm_id)
         else:
             message = f"Not synced: the CRM {link.crm_object} {link.crm_id} no longer exists"
         log.warning("link %s: %s", link.link_id, message)
-        if link.last_error == message:
-            return  # said already; our own write to the record must not start a loop
-        if isinstance(gone, PartnerCenterNotFoundError) and link.crm_object and link.crm_id:
-            self.crm.set_sync_result(
-                CrmRef(kind=link.crm_object, id=link.crm_id), "Error", self.clock(), audit_line=message
-            )
-        self._save(link.model_copy(update={"state": "error", "status": "error", "last_error": message}))
-        self.state.append_audit(link.link_id, direction="both", outcome="error", message=message)
+        self._record_error(link, message, direction="both", ref=ref, state="error")
 
     def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
         assert referral.id is not None
@@ -729,22 +699,31 @@ class SyncEngine:
         )
         if sent:
             line = f"CRM -> Partner Center: updated {', '.join(sent)}; {line}"
-        self.crm.set_sync_result(opportunity, "Synced", self.clock(), audit_line=line)
-        record = self.crm.read(opportunity)
-        moved = link.model_copy(
+        return self._finish_linked(link, opportunity, referral, pc, line, direction="pc->crm")[0]
+
+    def _finish_linked(
+        self, link: Link, ref: CrmRef, referral: Referral, pc: View, line: str, *, direction: str
+    ) -> tuple[Link, CrmRecord]:
+        """After writing a new or moved link's CRM record: mark it Synced with `line` in its audit,
+        read it back once, and save the link as linked with both sides as the new merge base."""
+        self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
+        record = self.crm.read(ref)
+        view = self._crm_view(record)
+        linked = link.model_copy(
             update={
-                "crm_object": "opportunity",
-                "crm_id": opportunity_id,
-                "pc_etag": referral.e_tag,
+                "crm_object": ref.kind,
+                "crm_id": ref.id,
+                "state": "linked",
                 "status": "synced",
                 "last_error": None,
+                "pc_etag": referral.e_tag,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, self._crm_view(record), self._crm_view(record)),
+                "snapshot": self._snapshot(pc, view, view),
             }
         )
-        saved = self._save(moved)
-        self.state.append_audit(link.link_id, direction="pc->crm", outcome="synced", message=line)
-        return saved
+        saved = self._save(linked)
+        self.state.append_audit(link.link_id, direction=direction, outcome="synced", message=line)
+        return saved, record
 
     def _save(self, link: Link) -> Link:
         if link.etag is None:
