@@ -340,8 +340,20 @@ class SyncEngine:
         try:
             referral = self.pc.get_referral(referral_id)
         except PartnerCenterNotFoundError:
+            # Remember the refusal in a link, so our own write to the record does not bring it back.
             message = f"Not synced: the referral {referral_id} named on this record does not exist in Partner Center"
-            self.crm.set_sync_result(record.ref, "Error", self.clock(), audit_line=message)
+            orphan = Link(
+                link_id=link_id_for_referral(referral_id),
+                referral_id=referral_id,
+                crm_object=record.ref.kind,
+                crm_id=record.ref.id,
+                state="error",
+            )
+            try:
+                orphan = self.state.create_link(orphan)
+            except AlreadyExistsError:
+                return  # someone linked it meanwhile; their sync covers it
+            self._record_error(orphan, message, direction="both", ref=record.ref)
             return
         pc, crm = referral_view(referral), self._crm_view(record)
         link = Link(

@@ -296,6 +296,7 @@ _SALESFORCE_FIELDS = {
     "visible": "PCS_Visible_To_Microsoft__c",
     "referral_response": "PCS_Referral_Response__c",
     "decline_reason": "PCS_Decline_Reason__c",
+    "referral_id": "PCS_Referral_Id__c",
     "stage": "StageName",
 }
 
@@ -496,6 +497,7 @@ _DATAVERSE_COLUMNS = {
     "visible": "pcs_visibletomicrosoft",
     "referral_response": "pcs_referralresponse",
     "decline_reason": "pcs_declinereason",
+    "referral_id": "pcs_referralid",
 }
 
 
