@@ -7,7 +7,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint clean
+.PHONY: help setup run test bench lint clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ run: setup ## Start the whole system in sandbox mode (Azurite, simulators, local
 
 test: setup ## Run the test suite (starts its own Azurite and simulators on free ports)
 	$(PY) -m pytest
+
+bench: setup ## Run the benchmarks (loopback only) and append the results to BENCHMARKS.md
+	$(PY) -m bench.bulk_poll --append BENCHMARKS.md
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -1556,6 +1556,27 @@ def seed_demo(simulator: SalesforceSimulator) -> None:
             )
 
 
+def write_as_seller(
+    simulator: SalesforceSimulator, object_name: str, writes: Iterable[tuple[str | None, JsonDict, dt.datetime]]
+) -> list[str]:
+    """Test and benchmark control: a seller's mass update or data import in one go, each write at
+    its own org time (`(record id or None to create, values, when)`); returns the record ids."""
+    ids: list[str] = []
+    with simulator.lock:
+        frozen = simulator.frozen_now
+        try:
+            for record_id, values, when in writes:
+                simulator.frozen_now = when
+                if record_id is None:
+                    ids.append(simulator._create(object_name, values, simulator.seller_user_id))
+                else:
+                    simulator._update(object_name, record_id, values, simulator.seller_user_id)
+                    ids.append(record_id)
+        finally:
+            simulator.frozen_now = frozen
+    return ids
+
+
 def main() -> None:
     """`python -m sandbox.salesforce`: serve the simulator on the stable sandbox port with demo data."""
     import time

@@ -2,7 +2,7 @@
 
 The public answer says only ok/degraded and the version: enough for an uptime probe, nothing for
 an attacker. The detailed one says why: settings problems, storage reachability, queue depths,
-dead letters, and the Partner Center sign-in.
+dead letters, the CRM poll, and the Partner Center sign-in.
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ class HealthReport:
 
 
 def _storage_section(settings: Settings) -> tuple[dict[str, Any], bool]:
+    from shared.sync.polling import crm_poll_health  # here: the poll's imports are not needed at cold start
+
     storage = StorageAccount.from_settings(settings, fail_fast=True)
     try:
         producer = QueueProducer(storage)
         depths = {SYNC_QUEUE: producer.depth(SYNC_QUEUE), SYNC_POISON_QUEUE: producer.depth(SYNC_POISON_QUEUE)}
         dead_letters = StateStore(storage).count_dead_letters()
+        crm_poll, poll_healthy = crm_poll_health(StateStore(storage), settings.crm_kind)
     except Exception as error:  # reported, not raised: this is the health check
         return {"storage": {"reachable": False, "error": f"{type(error).__name__}: {error}"}}, False
-    return {"storage": {"reachable": True}, "queues": depths, "dead_letters": dead_letters}, True
+    details = {"storage": {"reachable": True}, "queues": depths, "dead_letters": dead_letters, "crm_poll": crm_poll}
+    return details, poll_healthy
 
 
 def check_health(

@@ -5,10 +5,10 @@ Wire contract: crm-apis.md part B. Choices made here, and why:
   (that *is* the upsert); every other update sends `If-Match: *` (or the row's etag for
   read-modify-write fields such as the audit), so a PATCH on a deleted record fails with 404
   instead of silently re-creating it.
-- Polling (`changed_since`) uses `modifiedon ge <watermark - overlap>` ordered by
-  `modifiedon, id`, paged with `odata.maxpagesize` + `@odata.nextLink`, de-duplicated by id. The
-  watermark is the largest `modifiedon` Dataverse returned, never our clock. With
-  DATAVERSE_CHANGE_TRACKING=true it follows delta links instead (the watermark is then a JSON
+- Polling (`changed_since`) uses `modifiedon ge <whole second>` ordered by `modifiedon, id`, paged
+  with `odata.maxpagesize` + `@odata.nextLink`; the poller (shared/sync/polling.py) picks the
+  window from the `modifiedon` values Dataverse returned, never from our clock. With
+  DATAVERSE_CHANGE_TRACKING=true it follows delta links instead (the position is then a JSON
   object of one delta link per table); an expired or rejected delta link falls back to a full read.
 - One `read` is two calls: the record with its account, primary contact, currency and solutions
   (`$expand`), and its stakeholder connections (the other contacts).
@@ -35,6 +35,7 @@ from shared.crm.dynamics_http import (
 from shared.crm.port import (
     SYNC_MARK_FAILED,
     SYNC_MARK_OK,
+    ChangedRecord,
     ChangedRecords,
     ConnectorFields,
     CrmAccount,
@@ -53,7 +54,6 @@ from shared.crm.port import (
     strip_sync_mark,
     with_sync_mark,
 )
-from shared.crm.watermark import OverlapWatermark
 from shared.settings import Settings
 
 # Option values of the connector's choices (crm_schema/dynamics/schema.json; a test keeps them equal).
@@ -172,6 +172,16 @@ def _parse_date(value: Any) -> dt.date | None:
     return dt.date.fromisoformat(str(value)[:10]) if value else None
 
 
+def _note(changes: set[ChangedRecord], kind: CrmObjectKind, record_id: Any, modified: Any) -> None:
+    stamp = _parse_time(modified)
+    if record_id and stamp is not None:
+        changes.add(ChangedRecord(ref=CrmRef(kind=kind, id=str(record_id).lower()), stamp=stamp))
+
+
+def _oldest_first(changes: set[ChangedRecord]) -> list[ChangedRecord]:
+    return sorted(changes, key=lambda change: (change.stamp, change.ref.kind, change.ref.id))
+
+
 def _wire_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -187,12 +197,12 @@ class DynamicsCrm:
         *,
         http: DataverseHttp | None = None,
         page_size: int = 500,
-        overlap: dt.timedelta = DEFAULT_OVERLAP,
+        poll_overlap: dt.timedelta = DEFAULT_OVERLAP,
     ) -> None:
         self.settings = settings
         self.http = http or DataverseHttp(settings)
         self.page_size = page_size
-        self.overlap = overlap
+        self.poll_overlap = poll_overlap
         self._currency_ids: dict[str, str] = {}
         self._currency_codes: dict[str, str] = {}
         self._owner_emails: dict[str, str | None] = {}
@@ -211,13 +221,12 @@ class DynamicsCrm:
         return self._own_user_id
 
     # ---- changed records -------------------------------------------------------------------------------
-    def changed_since(self, watermark: str | None) -> ChangedRecords:
+    def changed_since(self, since: dt.datetime | None, *, position: str | None = None) -> ChangedRecords:
         if self.settings.dataverse_change_tracking:
-            return self._changed_by_delta(watermark)
-        state = OverlapWatermark.parse(watermark, crm="Dataverse")
-        since = state.stamp - self.overlap if state.stamp is not None else None
-        newest: dict[CrmRef, str] = {}
-        latest: str | None = None
+            return self._changed_by_delta(position)
+        changes: set[ChangedRecord] = set()
+        # `since` is a whole second, like `modifiedon` in payloads: a row shown at that second or
+        # later is returned, whether Dataverse keeps milliseconds behind it or not.
         for kind, spec in KINDS.items():
             conditions = ["pcs_syncwithpartnercenter eq true"]
             if since is not None:
@@ -233,26 +242,12 @@ class DynamicsCrm:
                 page_size=self.page_size,
             )
             for row in rows:
-                self._note(newest, CrmRef(kind=kind, id=str(row[spec.id_column]).lower()), str(row["modifiedon"]))
-                latest = max(latest or "", str(row["modifiedon"]))
-        latest = self._child_changes(since, newest, latest)
-        seen = {ref.id: stamp for ref, text in newest.items() if (stamp := _parse_time(text)) is not None}
-        fresh = [
-            (text, ref)
-            for ref, text in newest.items()
-            if ref.id not in seen or not state.reported(ref.id, seen[ref.id])
-        ]
-        ordered = sorted(fresh, key=lambda item: (item[0], item[1].kind, item[1].id))
-        advanced = state.advance(_parse_time(latest), seen, self.overlap)
-        return ChangedRecords(refs=[ref for _, ref in ordered], watermark=advanced.dump())
+                _note(changes, kind, row.get(spec.id_column), row.get("modifiedon"))
+        self._child_changes(since, changes)
+        return ChangedRecords(changes=_oldest_first(changes))
 
-    @staticmethod
-    def _note(newest: dict[CrmRef, str], ref: CrmRef, modified: str) -> None:
-        if modified > newest.get(ref, ""):
-            newest[ref] = modified
-
-    def _child_changes(self, since: dt.datetime | None, newest: dict[CrmRef, str], latest: str | None) -> str | None:
-        """Solutions changed since the watermark, reported as their parent (when it has Sync = Yes)."""
+    def _child_changes(self, since: dt.datetime | None, changes: set[ChangedRecord]) -> None:
+        """Solutions changed since `since`, reported as their parent (when it has Sync = Yes)."""
         params = {
             "$select": "pcs_partnercentersolutionid,modifiedon",
             "$expand": "pcs_opportunityid($select=opportunityid,pcs_syncwithpartnercenter),"
@@ -268,41 +263,32 @@ class DynamicsCrm:
             for kind in KINDS:
                 parent = row.get(f"pcs_{kind}id")
                 if isinstance(parent, dict) and parent.get("pcs_syncwithpartnercenter"):
-                    self._note(newest, CrmRef(kind=kind, id=str(parent[f"{kind}id"]).lower()), str(row["modifiedon"]))
-            latest = max(latest or "", str(row["modifiedon"]))
-        return latest
+                    _note(changes, kind, parent.get(f"{kind}id"), row.get("modifiedon"))
 
-    def _changed_by_delta(self, watermark: str | None) -> ChangedRecords:
-        links: dict[str, str] = json.loads(watermark) if watermark else {}
-        refs: list[CrmRef] = []
-        seen: set[CrmRef] = set()
+    def _changed_by_delta(self, position: str | None) -> ChangedRecords:
+        links: dict[str, str] = json.loads(position) if position else {}
+        changes: set[ChangedRecord] = set()
         next_links: dict[str, str] = {}
         tables: list[tuple[str, str, str]] = [
             (kind, spec.entity_set, f"{spec.id_column},pcs_syncwithpartnercenter,modifiedon")
             for kind, spec in KINDS.items()
         ]
-        tables.append(("solution", "pcs_partnercentersolutions", "_pcs_opportunityid_value,_pcs_leadid_value"))
+        tables.append(
+            ("solution", "pcs_partnercentersolutions", "_pcs_opportunityid_value,_pcs_leadid_value,modifiedon")
+        )
         for name, entity_set, select in tables:
             rows, last = self._delta_rows(entity_set, select, links.get(name))
             next_links[name] = str(last.get("@odata.deltaLink") or links.get(name) or "")
-            candidates: list[CrmRef] = []
             for row in rows:
                 if row.get("reason") == "deleted":
                     continue  # a deleted row has nothing left to sync
                 if name == "solution":
-                    candidates += [
-                        CrmRef(kind=kind, id=str(row[f"_pcs_{kind}id_value"]).lower())
-                        for kind in KINDS
-                        if row.get(f"_pcs_{kind}id_value")
-                    ]
+                    for kind in KINDS:
+                        _note(changes, kind, row.get(f"_pcs_{kind}id_value"), row.get("modifiedon"))
                 elif row.get("pcs_syncwithpartnercenter"):
                     row_kind: CrmObjectKind = "opportunity" if name == "opportunity" else "lead"
-                    candidates.append(CrmRef(kind=row_kind, id=str(row[KINDS[row_kind].id_column]).lower()))
-            for ref in candidates:
-                if ref not in seen:
-                    seen.add(ref)
-                    refs.append(ref)
-        return ChangedRecords(refs=refs, watermark=json.dumps(next_links, sort_keys=True))
+                    _note(changes, row_kind, row.get(KINDS[row_kind].id_column), row.get("modifiedon"))
+        return ChangedRecords(changes=_oldest_first(changes), position=json.dumps(next_links, sort_keys=True))
 
     def _delta_rows(self, entity_set: str, select: str, delta_link: str | None) -> tuple[list[JsonDict], JsonDict]:
         if delta_link:

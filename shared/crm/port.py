@@ -8,9 +8,9 @@ the CRM_DEAL_VALUE_FIELD / CRM_DEAL_CURRENCY_FIELD / CRM_ACCOUNT_COUNTRY_FIELD s
 Conventions every adapter follows:
 - Record names in `CrmRecord.name` never carry the sync mark (" ✔" / " ✖"); adapters strip it
   when reading and keep it when writing a new name (`set_sync_result` owns the mark).
-- Times are timezone-aware UTC `datetime`s. Watermarks are opaque strings produced by the CRM's own
-  data (Salesforce: the largest `SystemModstamp` seen; Dataverse: `modifiedon` or a delta link),
-  never by our clock, so clock skew between us and the CRM cannot lose a change.
+- Times are timezone-aware UTC `datetime`s. Poll positions come from the CRM's own data
+  (Salesforce `SystemModstamp`, Dataverse `modifiedon` or a delta link), never from our clock, so
+  clock skew between us and the CRM cannot lose a change.
 - Transient failures (throttling, 5xx, timeouts, lock contention) raise `CrmTransientError`, so
   the queue retries; invalid data raises `CrmValidationError` naming the field; a missing record
   raises `CrmNotFoundError`. Adapters never swallow an error.
@@ -69,11 +69,24 @@ class CrmRef(_Record):
     id: str = Field(min_length=1)
 
 
-class ChangedRecords(_Record):
-    """Result of `CrmPort.changed_since`: de-duplicated refs, oldest change first, and the next watermark."""
+class ChangedRecord(_Record):
+    """One change a CRM poll found: the record (a child row's change counts as its parent's) and
+    the CRM's own modification stamp of the row that changed."""
 
-    refs: list[CrmRef]
-    watermark: str | None = Field(description="Pass to the next call; None only if the CRM has no records yet.")
+    ref: CrmRef
+    stamp: dt.datetime
+
+
+class ChangedRecords(_Record):
+    """Result of `CrmPort.changed_since`: every change found, ordered by (stamp, kind, id).
+
+    A record may appear more than once (its own row and a child row, with different stamps).
+    `position` is set only by a CRM read through a change feed (Dataverse delta links): pass it
+    back to continue after these changes. Timestamp polling leaves it None.
+    """
+
+    changes: list[ChangedRecord]
+    position: str | None = None
 
 
 class CrmAccount(_Record):
@@ -257,15 +270,17 @@ class CrmPort(Protocol):
     kind: str
     """"salesforce" or "dynamics"."""
 
-    def changed_since(self, watermark: str | None) -> ChangedRecords:
-        """Opportunities and leads with Sync = Yes changed since `watermark`, oldest first.
+    poll_overlap: dt.timedelta
+    """How far before the newest stamp already processed the poller re-reads, for transactions that
+    commit late with an earlier stamp (shared/sync/polling.py keeps what it reported in there)."""
 
-        Child changes (solutions, contact roles / connections) are reported as their parent.
-        The adapter re-reads an overlap window before the watermark (late-committing
-        transactions) and de-duplicates, so a ref may come back in two consecutive calls but
-        never twice in one; the caller's processing is idempotent. `watermark=None` means "from
-        the beginning". The returned watermark comes from the CRM's own timestamps (or delta
-        token), never from our clock; save it only after the refs were enqueued.
+    def changed_since(self, since: dt.datetime | None, *, position: str | None = None) -> ChangedRecords:
+        """Opportunities and leads with Sync = Yes whose row, or a child row (solutions, contact
+        roles / connections), has a modification stamp at or after `since`, oldest first.
+
+        `since` is a whole second (both CRMs' query literals have whole-second precision), so
+        every change returned has `stamp >= since`; None means "from the beginning". A CRM read
+        through a change feed ignores `since` and continues from `position` instead.
         """
         ...
 

@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from shared.crm.port import (
     SYNC_MARK_FAILED,
     SYNC_MARK_OK,
+    ChangedRecord,
     ChangedRecords,
     ConnectorFields,
     CrmAccount,
@@ -56,7 +57,6 @@ from shared.crm.port import (
     strip_sync_mark,
     with_sync_mark,
 )
-from shared.crm.watermark import OverlapWatermark
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -154,12 +154,12 @@ class SalesforceAdapter:
         *,
         timeout_seconds: float = 30.0,
         retry_delays: Sequence[float] = (1.0, 4.0, 15.0),
-        overlap: dt.timedelta = dt.timedelta(minutes=5),
+        poll_overlap: dt.timedelta = dt.timedelta(minutes=5),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.retry_delays = tuple(retry_delays)
-        self.overlap = overlap
+        self.poll_overlap = poll_overlap
         self._sleep = sleep
         self.deal_value_field = _api_name(settings.deal_value_field, "CRM_DEAL_VALUE_FIELD")
         self.currency_field = _api_name(settings.deal_currency_field, "CRM_DEAL_CURRENCY_FIELD")
@@ -565,19 +565,17 @@ class SalesforceAdapter:
         )
 
     # ---- CrmPort: reading -----------------------------------------------------------------------------
-    def changed_since(self, watermark: str | None) -> ChangedRecords:
-        state = OverlapWatermark.parse(watermark, crm="Salesforce")
-        since = state.stamp - self.overlap if state.stamp else None
+    def changed_since(self, since: dt.datetime | None, *, position: str | None = None) -> ChangedRecords:
+        # `since` is a whole second: format_soql writes datetimes without fractions, and a
+        # SystemModstamp (milliseconds) at or after that second is returned.
         where = self._soql(" AND SystemModstamp >= {}", since) if since else ""
-        seen: dict[tuple[CrmObjectKind, str], dt.datetime] = {}
-        stamps: list[dt.datetime] = []
+        changes: set[ChangedRecord] = set()
 
         def note(kind: CrmObjectKind, record_id: str | None, stamp_text: str) -> None:
-            stamp = dt.datetime.fromisoformat(stamp_text)
-            stamps.append(stamp)
             if record_id:
-                key = (kind, record_id)
-                seen[key] = max(stamp, seen.get(key, stamp))
+                changes.add(
+                    ChangedRecord(ref=CrmRef(kind=kind, id=record_id), stamp=dt.datetime.fromisoformat(stamp_text))
+                )
 
         for kind, object_name in OBJECT_NAMES.items():
             soql = f"SELECT Id, SystemModstamp FROM {object_name} WHERE {SYNC_FIELD} = true{where} ORDER BY SystemModstamp, Id"
@@ -598,19 +596,7 @@ class SalesforceAdapter:
         )
         for row in self._query("changed_since", role_soql, include_deleted=True):
             note("opportunity", row.get("OpportunityId"), row["SystemModstamp"])
-        fresh = sorted(
-            (
-                (stamp, kind, record_id)
-                for (kind, record_id), stamp in seen.items()
-                if not state.reported(record_id, stamp)
-            ),
-            key=lambda item: (item[0], item[2]),
-        )
-        newest = max(stamps, default=state.stamp)
-        next_state = state.advance(newest, {record_id: stamp for (_, record_id), stamp in seen.items()}, self.overlap)
-        return ChangedRecords(
-            refs=[CrmRef(kind=kind, id=record_id) for _, kind, record_id in fresh], watermark=next_state.dump()
-        )
+        return ChangedRecords(changes=sorted(changes, key=lambda item: (item.stamp, item.ref.kind, item.ref.id)))
 
     def read(self, ref: CrmRef) -> CrmRecord:
         object_name = OBJECT_NAMES[ref.kind]

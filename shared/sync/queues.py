@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -17,6 +19,7 @@ from shared.sync.storage import StorageAccount
 
 SYNC_QUEUE = "sync"
 SYNC_POISON_QUEUE = "sync-poison"
+_PARALLEL_SENDS = 16
 
 
 def _utc_now() -> dt.datetime:
@@ -78,6 +81,15 @@ class QueueProducer:
         """Enqueue one message; returns the storage message id."""
         sent = self._queue(queue).send_message(encode_sync_request(message))
         return str(sent.id)
+
+    def send_all(self, messages: Sequence[PartnerCenterChange | CrmChange], *, queue: str = SYNC_QUEUE) -> int:
+        """Enqueue many messages, several calls at a time (the queue API takes one message per
+        call); returns how many. Raises the first failure once the other calls have finished."""
+        client = self._queue(queue)
+        with ThreadPoolExecutor(max_workers=_PARALLEL_SENDS) as pool:
+            for _ in pool.map(lambda message: client.send_message(encode_sync_request(message)), messages):
+                pass
+        return len(messages)
 
     def send_text(self, text: str, *, queue: str) -> str:
         """Enqueue a raw text body (used to replay a dead letter exactly as it was)."""

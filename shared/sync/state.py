@@ -4,7 +4,9 @@ Tables (created on first use; Azure table names are alphanumeric):
 - `links`: one row per referral <-> CRM record (PartitionKey `link`), plus reverse index rows
   (PartitionKey `referral` or `crm-<object>`, RowKey = that side's id) pointing at the link.
   A link in state `creating` is the write-ahead intent before a Partner Center referral exists.
-- `watermarks`: one row per poller (PartitionKey `watermark`).
+- `watermarks`: one row per poller (PartitionKey `watermark`), and for the CRM poll one small row
+  per page of changes it queued inside its overlap window (PartitionKey `reported-<poller>`), so
+  no row grows with the number of changes (shared/crm/watermark.py).
 - `audit`: PartitionKey = link id, RowKey = inverted time, so a plain query returns newest first.
 - `deadletters`: messages that exhausted their retries (PartitionKey `deadletter`, newest first),
   and the last error of a message still being retried (PartitionKey `lasterror`, by payload hash),
@@ -39,6 +41,7 @@ LinkState = Literal["creating", "linked", "error", "skipped"]
 
 # A table property holds at most 32K UTF-16 characters; longer JSON is split over numbered columns.
 _CHUNK = 30_000
+_BATCH = 100  # Table storage's limit of operations in one entity group transaction
 _MAX_TIME_US = 10**17  # microseconds; far enough in the future for inverted-time row keys
 
 
@@ -358,6 +361,42 @@ class StateStore:
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as error:
             raise ConcurrencyConflictError(f"watermark {name} changed since it was read") from error
         return Watermark(name=name, value=value, updated_at=now, etag=metadata.get("etag"))
+
+    def remembered_pages(self, poller: str) -> dict[str, list[str]]:
+        """The pages of changes `poller` queued and has not forgotten yet: page key -> change keys."""
+        entities = self._table(WATERMARKS_TABLE).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": self._pages_partition(poller)}
+        )
+        return {str(entity["RowKey"]): list(_join_json("Keys", entity, [])) for entity in entities}
+
+    def remembered_page(self, poller: str, page: str) -> list[str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table(WATERMARKS_TABLE).get_entity(self._pages_partition(poller), _check_key(page, "page"))
+        except ResourceNotFoundError:
+            return None
+        return list(_join_json("Keys", entity, []))
+
+    def remember_page(self, poller: str, page: str, keys: list[str]) -> None:
+        """Record one page of changes as queued (one row; its keys split over 30K-character columns)."""
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": self._pages_partition(poller), "RowKey": _check_key(page, "page"), "Count": len(keys)}
+        self._table(WATERMARKS_TABLE).upsert_entity({**entity, **_split_json("Keys", keys)}, mode=UpdateMode.REPLACE)
+
+    def forget_pages(self, poller: str, pages: list[str]) -> None:
+        """Drop pages the poll can no longer read again (the window moved past them), 100 per batch."""
+        partition = self._pages_partition(poller)
+        table = self._table(WATERMARKS_TABLE)
+        for start in range(0, len(pages), _BATCH):
+            table.submit_transaction(
+                [("delete", {"PartitionKey": partition, "RowKey": page}) for page in pages[start : start + _BATCH]]
+            )
+
+    @staticmethod
+    def _pages_partition(poller: str) -> str:
+        return _check_key(f"reported-{poller}", "watermark name")
 
     # ---- audit ---------------------------------------------------------------------------------
     def append_audit(self, link_id: str, *, direction: str, outcome: str, message: str) -> AuditEntry:

@@ -22,6 +22,7 @@ from shared.crm.dynamics import (
 from shared.crm.dynamics_http import DataverseConflictError, DataverseHttp
 from shared.crm.dynamics_schema import load_schema
 from shared.crm.port import (
+    ChangedRecords,
     CrmAccount,
     CrmContact,
     CrmNotFoundError,
@@ -241,10 +242,11 @@ def test_changed_records_across_pages_with_ties(crm: DynamicsCrm, dataverse: Dat
 
     result = crm.changed_since(None)
 
-    ids = [ref.id for ref in result.refs]
+    ids = [change.ref.id for change in result.changes]
     assert sorted(ids) == sorted([*synced, lead["leadid"]])
     assert len(ids) == len(set(ids))
-    assert result.watermark is not None and "2026-03-01T09:30:00" in result.watermark  # opaque, from modifiedon
+    assert {change.stamp for change in result.changes} == {tie}  # from modifiedon, not our clock
+    assert result.position is None
     assert crm.api_call_counts()["changed_records"] >= 5  # pages of 2: the adapter followed nextLinks
 
     later = tie + dt.timedelta(minutes=10)
@@ -252,29 +254,21 @@ def test_changed_records_across_pages_with_ties(crm: DynamicsCrm, dataverse: Dat
         dataverse.clock = lambda: later
         record = dataverse.records["opportunity"][synced[3]]
         dataverse.update(dataverse.tables["opportunity"], record, {"description": "seller edit"}, seller)
-    following = crm.changed_since(result.watermark)
-    assert [ref.id for ref in following.refs][-1] == synced[3]
-    assert following.watermark is not None and "2026-03-01T09:40:00" in following.watermark
-    # The overlap is re-read, but a change already reported is not reported again ...
-    assert crm.changed_since(following.watermark).refs == []
-    # ... until the record changes again.
-    with dataverse.lock:
-        dataverse.clock = lambda: later + dt.timedelta(seconds=5)
-        dataverse.update(dataverse.tables["opportunity"], record, {"description": "second edit"}, seller)
-    assert crm.changed_since(following.watermark).refs == [CrmRef(kind="opportunity", id=synced[3])]
+    # The query's lower bound is inclusive, to the second.
+    following = crm.changed_since(later)
+    assert [(change.ref.id, change.stamp) for change in following.changes] == [(synced[3], later)]
+    assert crm.changed_since(later + dt.timedelta(seconds=1)).changes == []
 
 
 def test_solution_changes_are_reported_as_their_parent(crm: DynamicsCrm, dataverse: DataverseSimulator) -> None:
     ref = crm.upsert_by_referral_id("opportunity", "ref-child", RecordUpdate(name="Parent", sync_enabled=True)).ref
-    watermark = crm.changed_since(None).watermark
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).replace(microsecond=0)
     with dataverse.lock:
         dataverse.clock = lambda: later
     crm.set_solutions(ref, [CrmSolution(solution_id="SOL-9", name="Nine")])
 
-    result = crm.changed_since(watermark)
-    assert ref in result.refs
-    assert result.watermark is not None and result.watermark > str(watermark)
+    result = crm.changed_since(later)
+    assert [(change.ref, change.stamp) for change in result.changes] == [(ref, later)]
 
 
 def test_change_tracking_follows_delta_links(
@@ -293,14 +287,19 @@ def test_change_tracking_follows_delta_links(
     ]
     crm.upsert_by_referral_id("opportunity", "ref-ct-off", RecordUpdate(name="Off", sync_enabled=False))
 
+    def refs_of(found: ChangedRecords) -> list[CrmRef]:
+        return sorted({change.ref for change in found.changes}, key=lambda ref: ref.id)
+
     first = crm.changed_since(None)
-    assert sorted(first.refs, key=lambda ref: ref.id) == sorted(refs, key=lambda ref: ref.id)
-    assert crm.changed_since(first.watermark).refs == []
+    assert refs_of(first) == sorted(refs, key=lambda ref: ref.id)
+    assert all(change.stamp is not None for change in first.changes)
+    assert first.position is not None
+    assert crm.changed_since(None, position=first.position).changes == []
 
     crm.update_fields(refs[1], RecordUpdate(notes="changed"))
     crm.set_solutions(refs[2], [CrmSolution(solution_id="SOL-CT", name="CT")])
-    second = crm.changed_since(first.watermark)
-    assert sorted(second.refs, key=lambda ref: ref.id) == sorted([refs[1], refs[2]], key=lambda ref: ref.id)
+    second = crm.changed_since(None, position=first.position)
+    assert refs_of(second) == sorted([refs[1], refs[2]], key=lambda ref: ref.id)
     crm.http.close()
 
 

@@ -51,46 +51,54 @@ def test_adapter_satisfies_the_port(sf_server: RunningServer) -> None:
     assert isinstance(make_adapter(sf_server), CrmPort)
 
 
-def test_changed_since_across_page_boundary_with_ties_misses_and_repeats_nothing(sf_server: RunningServer) -> None:
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def test_changed_since_across_page_boundary_with_ties_reports_each_change_with_its_stamp(
+    sf_server: RunningServer,
+) -> None:
     sim = simulator(sf_server)
     sim.page_size = 3  # pages of 3 rows, so 7 rows with one SystemModstamp straddle two page boundaries
-    _freeze(sim, "2026-11-01T10:00:00.000+00:00")
+    _freeze(sim, "2026-11-01T10:00:00.250+00:00")
     tied = {_opportunity(sim, f"Tied {index}") for index in range(7)}
     _opportunity(sim, "Not syncing", syncing=False)
     _freeze(sim, "2026-11-01T10:00:01.000+00:00")
     later = _opportunity(sim, "Later")
-    adapter = make_adapter(sf_server)
-
-    first = adapter.changed_since(None)
-
-    ids = [ref.id for ref in first.refs]
-    assert len(ids) == len(set(ids)) == 8
-    assert set(ids) == tied | {later}
-    assert ids[-1] == later  # oldest change first
-    assert len([e for e in _requests(sim, "/query/") if e["method"] == "GET"]) >= 2  # nextRecordsUrl was followed
-
-    # Nothing new: the overlap window is re-read but nothing is reported twice.
-    second = adapter.changed_since(first.watermark)
-    assert second.refs == []
-
-    # A seller edit, a child (solution) change, and a change that commits late with an earlier stamp.
-    _freeze(sim, "2026-11-01T10:00:05.000+00:00")
-    edited = sorted(tied)[0]
     with sim.lock:
-        sim._update("Opportunity", edited, {"Amount": 5000}, sim.seller_user_id)
         sim._create(
             "PCS_Solution__c",
             {"Name": "S", "PCS_Solution_Id__c": "SOL-1", "PCS_Opportunity__c": later},
             sim.seller_user_id,
         )
-    _freeze(sim, "2026-11-01T09:58:00.000+00:00")  # inside the 5-minute overlap window
-    late = _opportunity(sim, "Late commit")
+    _freeze(sim, None)
+    adapter = make_adapter(sf_server)
+
+    first = adapter.changed_since(None)
+
+    pairs = [(change.ref.id, change.stamp) for change in first.changes]
+    assert len(pairs) == len(set(pairs)) == 8  # the solution's change is the parent's, at the same stamp
+    assert {change.ref.id for change in first.changes} == tied | {later}
+    assert first.changes[-1].ref.id == later  # oldest change first
+    assert first.changes[0].stamp == _at("2026-11-01T10:00:00.250+00:00")  # milliseconds kept
+    assert first.position is None
+    assert len([e for e in _requests(sim, "/query/") if e["method"] == "GET"]) >= 2  # nextRecordsUrl was followed
+    assert adapter.api_call_counts()["changed_since"] > 0
+
+
+def test_changed_since_a_whole_second_includes_every_change_in_that_second(sf_server: RunningServer) -> None:
+    sim = simulator(sf_server)
+    _freeze(sim, "2026-11-01T09:59:59.999+00:00")
+    _opportunity(sim, "Just before")
+    _freeze(sim, "2026-11-01T10:00:00.000+00:00")
+    on_the_second = _opportunity(sim, "On the second")
+    _freeze(sim, "2026-11-01T10:00:00.750+00:00")
+    inside = _opportunity(sim, "Inside the second")
     _freeze(sim, None)
 
-    third = adapter.changed_since(second.watermark)
-    assert sorted(ref.id for ref in third.refs) == sorted([edited, later, late])
-    assert adapter.changed_since(third.watermark).refs == []
-    assert adapter.api_call_counts()["changed_since"] > 0
+    found = make_adapter(sf_server).changed_since(_at("2026-11-01T10:00:00+00:00"))
+
+    assert [change.ref.id for change in found.changes] == [on_the_second, inside]
 
 
 def test_watermark_comes_from_salesforce_not_our_clock(sf_server: RunningServer) -> None:
@@ -99,7 +107,7 @@ def test_watermark_comes_from_salesforce_not_our_clock(sf_server: RunningServer)
     _opportunity(sim, "Old")
     _freeze(sim, None)
     result = make_adapter(sf_server).changed_since(None)
-    assert result.watermark is not None and "2001-02-03T04:05:06.789" in result.watermark
+    assert [change.stamp for change in result.changes] == [_at("2001-02-03T04:05:06.789+00:00")]
 
 
 def test_read_returns_everything_in_one_query(sf_server: RunningServer) -> None:
