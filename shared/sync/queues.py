@@ -19,7 +19,7 @@ from shared.sync.storage import StorageAccount
 
 SYNC_QUEUE = "sync"
 SYNC_POISON_QUEUE = "sync-poison"
-_PARALLEL_SENDS = 16
+_PARALLEL_SENDS = 8  # within urllib3's default pool of 10 connections
 
 
 def _utc_now() -> dt.datetime:
