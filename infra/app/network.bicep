@@ -10,7 +10,7 @@ param tags object = {}
 @description('Address space of the virtual network; change it only if it must not overlap a network you peer with.')
 param addressPrefix string = '10.80.0.0/24'
 
-@description('Subnet of the app\'s VNet integration: inside addressPrefix, at least /27 (Flex Consumption scales out into it).')
+@description('Subnet of the app\'s VNet integration, inside addressPrefix: each instance takes an address, so /25 (123 usable) covers maximumInstanceCount = 100 of app/api.bicep.')
 param appSubnetPrefix string = '10.80.0.0/25'
 
 // No inbound rules of our own: the defaults deny inbound from the internet. Outbound stays open
