@@ -38,6 +38,7 @@ from shared.crm.port import (
     ChangedRecords,
     ConnectorFields,
     CrmAccount,
+    CrmCapabilities,
     CrmContact,
     CrmError,
     CrmNotFoundError,
@@ -190,6 +191,8 @@ class DynamicsCrm:
         overlap: dt.timedelta = DEFAULT_OVERLAP,
     ) -> None:
         self.settings = settings
+        # No pending stage: an open opportunity waits for the referral response field.
+        self.capabilities = CrmCapabilities()
         self.http = http or DataverseHttp(settings)
         self.page_size = page_size
         self.overlap = overlap

@@ -41,6 +41,7 @@ from shared.crm.port import (
     ConnectorFields,
     CrmAccount,
     CrmAuthError,
+    CrmCapabilities,
     CrmContact,
     CrmNotFoundError,
     CrmObjectKind,
@@ -158,6 +159,8 @@ class SalesforceAdapter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
+        # Unaccepted referrals wait in a stage of their own; a lead's Company is the customer (no deal name).
+        self.capabilities = CrmCapabilities(pending_stage=settings.salesforce_pending_stage, lead_has_name=False)
         self.retry_delays = tuple(retry_delays)
         self.overlap = overlap
         self._sleep = sleep
