@@ -15,11 +15,11 @@ from shared.crm.port import (
     CrmSolution,
     StageFacts,
 )
+from shared.mapping.fields import ReadContext, decimal_text
 from shared.mapping.rules import crm_object_for
 from shared.mapping.status import ACCEPT
 from shared.mapping.to_crm import record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
-from shared.mapping.fields import ReadContext, decimal_text
 from shared.mapping.views import crm_view, referral_view, same_value
 from shared.model.referral import Referral
 
@@ -122,7 +122,9 @@ def test_country_text_is_kept_as_typed_when_names_are_not_accepted() -> None:
 
 
 def test_a_single_currency_org_has_no_currency_key() -> None:
-    assert "currency" not in crm_view(record(currency=None), ReadContext(pending_stage=None, accept_country_names=False))
+    assert "currency" not in crm_view(
+        record(currency=None), ReadContext(pending_stage=None, accept_country_names=False)
+    )
 
 
 def test_decimal_text_is_canonical() -> None:
@@ -183,7 +185,10 @@ def test_new_referral_body_for_a_co_sell() -> None:
 
 
 def test_a_private_deal_is_independent_and_not_shared() -> None:
-    view = crm_view(record(connector=ConnectorFields(sync_enabled=True)), ReadContext(pending_stage=None, accept_country_names=False))
+    view = crm_view(
+        record(connector=ConnectorFields(sync_enabled=True)),
+        ReadContext(pending_stage=None, accept_country_names=False),
+    )
     body = new_referral(view, crm_record_id="006A", accept_country_names=True)
     assert body["type"] == "Independent"
     assert body["consent"] == {"consentToShareReferralWithMicrosoftSellers": False}

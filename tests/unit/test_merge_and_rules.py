@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.mapping import rules
-from shared.mapping import status
+from shared.mapping import rules, status
 from shared.mapping.status import ACCEPT, StatusChange
 from shared.sync.merge import FieldMerge, merge_fields
 
