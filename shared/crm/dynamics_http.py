@@ -229,30 +229,7 @@ class DataverseHttp:
         if not parts:
             return []
         batch_boundary = f"batch_{uuid.uuid4()}"
-        change_boundary = f"changeset_{uuid.uuid4()}"
-        lines: list[str] = []
-
-        def request_part(part: BatchPart, content_id: int) -> list[str]:
-            block = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
-            if atomic:
-                block.append(f"Content-ID: {content_id}")
-            block += ["", f"{part.method} {self.api_root}{part.url} HTTP/1.1"]
-            block += [f"{name}: {value}" for name, value in (part.headers or {}).items()]
-            if part.body is not None:
-                block += ["Content-Type: application/json; type=entry", "", json.dumps(part.body)]
-            else:
-                block += [""]
-            return block
-
-        if atomic:
-            lines += [f"--{batch_boundary}", f"Content-Type: multipart/mixed; boundary={change_boundary}", ""]
-            for index, part in enumerate(parts, start=1):
-                lines += [f"--{change_boundary}", *request_part(part, index)]
-            lines += [f"--{change_boundary}--"]
-        else:
-            for index, part in enumerate(parts, start=1):
-                lines += [f"--{batch_boundary}", *request_part(part, index)]
-        lines += [f"--{batch_boundary}--", ""]
+        lines = self._batch_lines(parts, batch_boundary, atomic=atomic)
         headers = {"Content-Type": f"multipart/mixed; boundary={batch_boundary}"}
         if not atomic:
             headers["Prefer"] = "odata.continue-on-error"
@@ -271,6 +248,33 @@ class DataverseHttp:
         if len(results) != len(parts) and response.status_code == 200:
             raise CrmTransientError(f"Dataverse {operation}: the batch answered {len(results)} parts for {len(parts)}")
         return results
+
+    def _batch_lines(self, parts: list[BatchPart], batch_boundary: str, *, atomic: bool) -> list[str]:
+        """The multipart body: one change set holding every part when `atomic`, else the parts side by side."""
+        change_boundary = f"changeset_{uuid.uuid4()}"
+
+        def request_part(part: BatchPart, content_id: int) -> list[str]:
+            block = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
+            if atomic:
+                block.append(f"Content-ID: {content_id}")
+            block += ["", f"{part.method} {self.api_root}{part.url} HTTP/1.1"]
+            block += [f"{name}: {value}" for name, value in (part.headers or {}).items()]
+            if part.body is not None:
+                block += ["Content-Type: application/json; type=entry", "", json.dumps(part.body)]
+            else:
+                block += [""]
+            return block
+
+        lines: list[str] = []
+        if atomic:
+            lines += [f"--{batch_boundary}", f"Content-Type: multipart/mixed; boundary={change_boundary}", ""]
+            for index, part in enumerate(parts, start=1):
+                lines += [f"--{change_boundary}", *request_part(part, index)]
+            lines += [f"--{change_boundary}--"]
+        else:
+            for index, part in enumerate(parts, start=1):
+                lines += [f"--{batch_boundary}", *request_part(part, index)]
+        return [*lines, f"--{batch_boundary}--", ""]
 
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:

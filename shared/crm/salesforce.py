@@ -43,6 +43,7 @@ from shared.crm.port import (
     CrmAuthError,
     CrmCapabilities,
     CrmContact,
+    CrmError,
     CrmNotFoundError,
     CrmObjectKind,
     CrmRecord,
@@ -91,10 +92,53 @@ CONNECTOR_FIELDS = {
     "last_synced": "PCS_Last_Synced__c",
     "audit": AUDIT_FIELD,
 }
+DEAL_VALUE = "<CRM_DEAL_VALUE_FIELD>"
+"""Placeholder for the configured deal value field."""
+_COMMON_COLUMNS = {"notes": "Description", "owner_id": "OwnerId"}
+COLUMNS: dict[CrmObjectKind, dict[str, str]] = {
+    "opportunity": _COMMON_COLUMNS
+    | {"name": "Name", "account_id": "AccountId", "deal_value": DEAL_VALUE, "close_date": "CloseDate"},
+    # A lead has no deal value, close date or account: it carries its company and contact itself.
+    "lead": _COMMON_COLUMNS
+    | {
+        "name": "Company",
+        "lead_company": "Company",
+        "lead_first_name": "FirstName",
+        "lead_last_name": "LastName",
+        "lead_email": "Email",
+        "lead_phone": "Phone",
+        "lead_street": "Street",
+        "lead_city": "City",
+        "lead_state": "State",
+        "lead_postal_code": "PostalCode",
+        "lead_country": "Country",
+    },
+}
+"""Neutral `RecordUpdate` names -> Salesforce fields (connector fields: CONNECTOR_FIELDS)."""
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 # Codes that prove Salesforce did not perform the write, so even a create may be repeated.
 _NOT_PERFORMED = {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 _RETRYABLE = _NOT_PERFORMED | {"UNKNOWN_EXCEPTION"}
+
+
+def _crm_error(operation: str, error: Any, *, transient: bool) -> CrmError:
+    """The port's error for a Salesforce API error that is not retried (any more)."""
+    code, message, fields = _error_details(error)
+    if transient:
+        return CrmTransientError(f"Salesforce {operation}: {code or error.status}: {message}")
+    if error.status == 404:
+        return CrmNotFoundError(f"Salesforce {operation}: {code}: {message}")
+    return CrmValidationError(f"Salesforce {operation}: {code}: {message}", code=code, fields=fields)
+
+
+def _salesforce_value(name: str, value: Any) -> Any:
+    if name == "name":
+        return strip_sync_mark(value) if value else value
+    if name == "deal_value":
+        return float(value) if value is not None else None
+    if name == "close_date":
+        return value.isoformat() if value else None
+    return value
 
 
 class _SalesforceHttpAdapter(HTTPAdapter):
@@ -292,20 +336,14 @@ class SalesforceAdapter:
                     f"{operation}: more than one record matches", code="MULTIPLE_CHOICES"
                 ) from error
             except SalesforceError as error:
-                code, message, fields = _error_details(error)
+                code = _error_details(error)[0]
                 transient = code in _RETRYABLE or error.status >= 500
                 may_repeat = idempotent or code in _NOT_PERFORMED
                 if transient and may_repeat and attempt < len(self.retry_delays):
                     self._sleep(self.retry_delays[attempt])
                     attempt += 1
                     continue
-                if transient:
-                    raise CrmTransientError(f"Salesforce {operation}: {code or error.status}: {message}") from error
-                if error.status == 404:
-                    raise CrmNotFoundError(f"Salesforce {operation}: {code}: {message}") from error
-                raise CrmValidationError(
-                    f"Salesforce {operation}: {code}: {message}", code=code, fields=fields
-                ) from error
+                raise _crm_error(operation, error, transient=transient) from error
             except requests.RequestException as error:
                 if idempotent and attempt < len(self.retry_delays):
                     self._sleep(self.retry_delays[attempt])
@@ -363,36 +401,25 @@ class SalesforceAdapter:
     # ---- field mapping -------------------------------------------------------------------------------
     def _writable(self, kind: CrmObjectKind, values: RecordUpdate) -> dict[str, Any]:
         """Salesforce field values for the explicitly set neutral values."""
-        object_name = OBJECT_NAMES[kind]
         written = values.written()
         out: dict[str, Any] = {}
         for name, value in written.items():
-            if name in CONNECTOR_FIELDS:
-                out[CONNECTOR_FIELDS[name]] = value
-            elif name == "name":
-                out["Name" if kind == "opportunity" else "Company"] = strip_sync_mark(value) if value else value
-            elif name == "notes":
-                out["Description"] = value
-            elif name == "owner_id":
-                out["OwnerId"] = value
-            elif name == "lifecycle" and value is not None:
-                out.update(self._lifecycle_fields(kind, value))
-            elif kind == "opportunity" and name == "account_id":
-                out["AccountId"] = value
-            elif kind == "opportunity" and name == "deal_value":
-                out[self.deal_value_field] = float(value) if value is not None else None
-            elif kind == "opportunity" and name == "close_date":
-                out["CloseDate"] = value.isoformat() if value else None
-            elif name == "currency":
-                if self._has_field(object_name, self.currency_field):  # only in multi-currency orgs
-                    out[self.currency_field] = value
-            elif kind == "lead" and name.startswith("lead_"):
-                target = {"lead_company": "Company", "lead_first_name": "FirstName", "lead_last_name": "LastName"}
-                target |= {"lead_email": "Email", "lead_phone": "Phone", "lead_street": "Street", "lead_city": "City"}
-                target |= {"lead_state": "State", "lead_postal_code": "PostalCode", "lead_country": "Country"}
-                if name != "lead_company" or "name" not in written:  # `name` is the lead's Company
-                    out[target[name]] = value
+            if name == "lifecycle":
+                out.update(self._lifecycle_fields(kind, value) if value is not None else {})
+            elif name == "lead_company" and "name" in written:
+                continue  # `name` is the lead's Company
+            elif (column := self._column(kind, name)) is not None:
+                out[column] = _salesforce_value(name, value)
         return out
+
+    def _column(self, kind: CrmObjectKind, name: str) -> str | None:
+        """The Salesforce field a neutral value is written to; None where the object has none."""
+        if name in CONNECTOR_FIELDS:
+            return CONNECTOR_FIELDS[name]
+        if name == "currency":  # only in multi-currency orgs
+            return self.currency_field if self._has_field(OBJECT_NAMES[kind], self.currency_field) else None
+        column = COLUMNS[kind].get(name)
+        return self.deal_value_field if column == DEAL_VALUE else column
 
     def _lifecycle_fields(self, kind: CrmObjectKind, lifecycle: str) -> dict[str, Any]:
         settings = self.settings

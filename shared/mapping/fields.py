@@ -741,11 +741,13 @@ _DIRECTION_WORDS = {
     "both": "both ways",
     "crm_to_pc": "CRM -> Partner Center",
     "pc_to_crm": "Partner Center -> CRM (read-only)",
-    "status": "both ways, by the status rules",
+    "status": "both ways, by the status rules (shared/mapping/status.py)",
 }
 
 
 def _wire_paths(item: FieldSpec) -> str:
+    if item.direction == "status":
+        return "`/status`, `/substatus`, `/statusReason`" if item.name == "lifecycle" else "- (read from the CRM)"
     if item.pc_path:
         return "`/" + "/".join(item.pc_path) + "`"
     if item.patch_values:
@@ -761,7 +763,11 @@ def reference_table() -> str:
     ]
     for item in FIELDS:
         required = {"every": "every referral", "cosell": "co-sell", None: "-"}[item.required_for]
-        write = item.crm_write if item.direction != "crm_to_pc" else "none (the record owner)"
+        write = {"crm_to_pc": "none (the record owner)", "status": "stage / state (each adapter's stage map)"}.get(
+            item.direction, item.crm_write
+        )
+        if item.direction == "status" and item.name != "lifecycle":
+            write = "none (the seller's answer)"
         lines.append(
             f"| `{item.name}` | {item.label or '-'} | {_DIRECTION_WORDS[item.direction]} | {_wire_paths(item)} "
             f"| {write} | {required} |"

@@ -45,6 +45,7 @@ from shared.partner_center.client import (
     PartnerCenterValidationError,
 )
 from shared.settings import Settings
+from shared.sync.errors import needs_admin
 from shared.sync.plan import (
     CrmPlan,
     Facts,
@@ -288,6 +289,8 @@ class SyncEngine:
         try:
             result = self.crm.upsert_by_referral_id(kind, referral.id, values)
         except CrmValidationError as error:
+            if needs_admin(error):
+                raise
             message = f"could not create the CRM {kind} for referral {referral.id}: {error}"
             log.error(message)
             link.last_error, link.status = message, "error"
@@ -508,6 +511,8 @@ class SyncEngine:
                     raise SyncRetryError(f"link {link.link_id} changed shape while we merged") from None
                 link, referral, record = fresh, None, None
             except CrmValidationError as refused:
+                if needs_admin(refused):
+                    raise  # not this record's data: the worker dead-letters it for an admin
                 self._crm_refused(link, record, refused)
                 return
         raise SyncRetryError(f"link {link.link_id} kept changing on both sides; the queue will retry")

@@ -239,3 +239,15 @@ def test_lead_referrals_become_leads() -> None:
     )
     assert crm_object_for(lead) == crm_object_for(qualified) == "lead"
     assert crm_object_for(Referral.model_validate(REFERRAL)) == "opportunity"
+
+
+def test_docs_table_of_synced_fields_matches_the_registry() -> None:
+    """docs/sync.md embeds `python -m shared fields-reference`; keep it current."""
+    from pathlib import Path
+
+    from shared.mapping.fields import reference_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sync.md").read_text(encoding="utf-8")
+    start = text.index("<!-- fields-reference:start -->") + len("<!-- fields-reference:start -->")
+    end = text.index("<!-- fields-reference:end -->")
+    assert text[start:end].strip() == reference_table().strip()
