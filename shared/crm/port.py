@@ -262,6 +262,11 @@ class CrmNotFoundError(CrmError):
     """The record does not exist (or was deleted)."""
 
 
+class CrmSetupError(CrmError):
+    """The CRM is not set up for the connector (a field or object not deployed, a permission the
+    integration user lacks): no retry and no seller can fix it, an admin must act."""
+
+
 class CrmAuthError(CrmError):
     """Sign-in to the CRM failed (bad credentials, connected app not approved): an admin must act."""
 

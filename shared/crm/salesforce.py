@@ -48,6 +48,7 @@ from shared.crm.port import (
     CrmObjectKind,
     CrmRecord,
     CrmRef,
+    CrmSetupError,
     CrmSolution,
     CrmTransientError,
     CrmValidationError,
@@ -119,6 +120,14 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 # Codes that prove Salesforce did not perform the write, so even a create may be repeated.
 _NOT_PERFORMED = {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 _RETRYABLE = _NOT_PERFORMED | {"UNKNOWN_EXCEPTION"}
+# The org lacks the connector's schema, or the integration user a permission (field-level security).
+_SETUP_CODES = {
+    "INSUFFICIENT_ACCESS_OR_READONLY",
+    "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY",
+    "INVALID_FIELD",
+    "INVALID_TYPE",
+    "INVALID_FIELD_FOR_INSERT_UPDATE",
+}
 
 
 def _crm_error(operation: str, error: Any, *, transient: bool) -> CrmError:
@@ -128,6 +137,8 @@ def _crm_error(operation: str, error: Any, *, transient: bool) -> CrmError:
         return CrmTransientError(f"Salesforce {operation}: {code or error.status}: {message}")
     if error.status == 404:
         return CrmNotFoundError(f"Salesforce {operation}: {code}: {message}")
+    if code in _SETUP_CODES:
+        return CrmSetupError(f"Salesforce {operation}: {code}: {message}")
     return CrmValidationError(f"Salesforce {operation}: {code}: {message}", code=code, fields=fields)
 
 

@@ -45,7 +45,6 @@ from shared.partner_center.client import (
     PartnerCenterValidationError,
 )
 from shared.settings import Settings
-from shared.sync.errors import needs_admin
 from shared.sync.plan import (
     CrmPlan,
     Facts,
@@ -281,7 +280,7 @@ class SyncEngine:
         )
         notes: list[str] = []
         if kind == "opportunity" and values.close_date is None:
-            # Salesforce requires a close date; Microsoft's referrals may not have one yet.
+            # An opportunity needs a close date (Salesforce requires one); Microsoft's referrals may not have one yet.
             default = (referral.expiration_date_time or self.clock() + dt.timedelta(days=90)).date()
             values = values.model_copy(update={"close_date": default})
             values.model_fields_set.add("close_date")
@@ -289,8 +288,6 @@ class SyncEngine:
         try:
             result = self.crm.upsert_by_referral_id(kind, referral.id, values)
         except CrmValidationError as error:
-            if needs_admin(error):
-                raise
             message = f"could not create the CRM {kind} for referral {referral.id}: {error}"
             log.error(message)
             link.last_error, link.status = message, "error"
@@ -511,8 +508,6 @@ class SyncEngine:
                     raise SyncRetryError(f"link {link.link_id} changed shape while we merged") from None
                 link, referral, record = fresh, None, None
             except CrmValidationError as refused:
-                if needs_admin(refused):
-                    raise  # not this record's data: the worker dead-letters it for an admin
                 self._crm_refused(link, record, refused)
                 return
         raise SyncRetryError(f"link {link.link_id} kept changing on both sides; the queue will retry")

@@ -17,26 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.crm.port import CrmAuthError, CrmTransientError, CrmValidationError
+from shared.crm.port import CrmAuthError, CrmSetupError, CrmTransientError, CrmValidationError
 from shared.partner_center.auth import SignInRequired
 from shared.partner_center.client import PartnerCenterAuthError, PartnerCenterError
 from shared.settings import SettingsError
 
 NEEDS_ADMIN = "Needs an admin: "
 """How a NeedsAdmin dead letter's reason starts (health looks for it)."""
-
-SCHEMA_OR_PERMISSION_CODES = frozenset(
-    {
-        # Salesforce: the integration user lacks access, or a field / object is not deployed
-        "INSUFFICIENT_ACCESS_OR_READONLY",
-        "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY",
-        "INVALID_FIELD",
-        "INVALID_TYPE",
-        "INVALID_FIELD_FOR_INSERT_UPDATE",
-        # Dataverse: a column the request names does not exist (solution not imported)
-        "0x80060888",
-    }
-)
 
 
 class ErrorKind(StrEnum):
@@ -83,7 +70,7 @@ def _admin_reason(error: BaseException) -> str | None:
         return (
             f"the CRM refused the integration user's sign-in ({error}); check the CRM credentials in the app settings"
         )
-    if isinstance(error, CrmValidationError) and error.code in SCHEMA_OR_PERMISSION_CODES:
+    if isinstance(error, CrmSetupError):
         return (
             f"the CRM refused access to a field or object ({error}); deploy the connector's schema and permission "
             "set (docs/deploy.md) and check the integration user's permissions"

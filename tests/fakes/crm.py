@@ -62,8 +62,7 @@ class FakeCrm:
         self.contacts: dict[str, CrmContact] = {}
         self.writes: list[tuple[str, CrmRef, dict[str, Any]]] = []
         self._ids = itertools.count(1)
-        self._refusal: str | None = None
-        self._refusal_code: str | None = None
+        self._failure: Exception | None = None
 
     # ---- test controls ----------------------------------------------------------------------------
     def seller_creates(self, kind: CrmObjectKind, values: RecordUpdate, **record: Any) -> CrmRef:
@@ -79,9 +78,13 @@ class FakeCrm:
         self.records[(ref.kind, ref.id)] = self._applied(current, values or RecordUpdate(), by_integration=False)
         return self.records[(ref.kind, ref.id)]
 
-    def refuse_next(self, message: str, *, code: str | None = None) -> None:
-        """The next write fails validation with `message` (and the CRM's error `code`)."""
-        self._refusal, self._refusal_code = message, code
+    def refuse_next(self, message: str) -> None:
+        """The next write fails validation (a validation rule, a required field)."""
+        self.fail_next(CrmValidationError(message, fields=["name"]))
+
+    def fail_next(self, error: Exception) -> None:
+        """The next write raises `error`."""
+        self._failure = error
 
     def by_referral(self, referral_id: str) -> list[CrmRecord]:
         return [item for item in self.records.values() if item.connector.referral_id == referral_id]
@@ -158,9 +161,9 @@ class FakeCrm:
 
     # ---- inside -------------------------------------------------------------------------------------
     def _refuse_if_asked(self) -> None:
-        if self._refusal is not None:
-            message, code, self._refusal, self._refusal_code = self._refusal, self._refusal_code, None, None
-            raise CrmValidationError(message, code=code, fields=["name"])
+        if self._failure is not None:
+            error, self._failure = self._failure, None
+            raise error
 
     def _replace(self, ref: CrmRef, call: str, logged: dict[str, Any], **update: Any) -> None:
         record = self.read(ref)

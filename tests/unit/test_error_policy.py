@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from shared.crm.port import CrmAuthError, CrmTransientError, CrmValidationError
+from shared.crm.port import CrmAuthError, CrmSetupError, CrmTransientError, CrmValidationError
 from shared.partner_center.auth import SignInRequired
 from shared.partner_center.client import (
     PartnerCenterAuthError,
@@ -27,11 +27,7 @@ from tests.fakes.world import World
         (SignInRequired("no Partner Center sign-in is stored"), ErrorKind.NEEDS_ADMIN, "partner-center login"),
         (PartnerCenterAuthError("forbidden", status=403), ErrorKind.NEEDS_ADMIN, "Referrals Admin role"),
         (CrmAuthError("INVALID_GRANT"), ErrorKind.NEEDS_ADMIN, "CRM credentials"),
-        (
-            CrmValidationError("No such column 'PCS_Sync_With_Partner_Center__c'", code="INVALID_FIELD"),
-            ErrorKind.NEEDS_ADMIN,
-            "deploy the connector's schema",
-        ),
+        (CrmSetupError("INVALID_FIELD: No such column 'PCS_Referral_Status__c'"), ErrorKind.NEEDS_ADMIN, "deploy"),
         (
             CrmValidationError("Amount: must be positive", code="FIELD_CUSTOM_VALIDATION_EXCEPTION"),
             ErrorKind.PERMANENT,
@@ -98,10 +94,10 @@ def test_a_transient_error_goes_back_to_the_queue_with_its_reason_noted() -> Non
     assert notes.dead_letters == [] and "REQUEST_LIMIT_EXCEEDED" in notes.failures[0]
 
 
-def test_a_schema_not_provisioned_is_not_recorded_on_the_record_but_raised_for_an_admin() -> None:
+def test_a_schema_not_provisioned_is_not_blamed_on_the_record_but_raised_for_an_admin() -> None:
     world = World.build()
     referral_id, ref = world.referral_synced()
-    world.crm.refuse_next("No such column 'PCS_Referral_Status__c'", code="INVALID_FIELD")
-    with pytest.raises(CrmValidationError):
+    world.crm.fail_next(CrmSetupError("INVALID_FIELD: No such column 'PCS_Referral_Status__c'"))
+    with pytest.raises(CrmSetupError):
         world.pc_edits(referral_id, **{"details.notes": "new"})
     assert world.crm.read(ref).connector.sync_status == "Synced"  # the seller's record is not blamed
