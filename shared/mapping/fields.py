@@ -498,10 +498,6 @@ def _pc_team(referral: Referral, context: ReadContext) -> Any:
     )
 
 
-def _details(referral: Referral) -> Any:
-    return referral.details
-
-
 def _not_in_pc(referral: Referral, context: ReadContext) -> Any:
     return ABSENT
 
@@ -713,10 +709,6 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 BY_NAME: dict[str, FieldSpec] = {spec.name: spec for spec in FIELDS}
-
-
-def spec(name: str) -> FieldSpec:
-    return BY_NAME[name]
 
 
 def merged_fields() -> Iterator[FieldSpec]:

@@ -89,7 +89,8 @@ def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) 
         if spec.direction in ("both", "crm_to_pc") and view.get(spec.name) is not None:
             for path, wire in field_patches(spec.name, view[spec.name], accept_country_names=accept_country_names):
                 _place(body, path, wire)
-    _place(body, ("consent", "consentToShareReferralWithMicrosoftSellers"), shared)
+    for path, wire in field_patches("visible", shared, accept_country_names=accept_country_names):
+        _place(body, path, wire)  # a co-sell is always shared with Microsoft sellers
     if not co_sell:
         body.pop("inviteContext", None)
     return body

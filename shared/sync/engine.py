@@ -1,18 +1,20 @@
 """The sync engine: make one referral <-> CRM record link consistent, now.
 
 The unit of work is a link, not an event: whatever message arrives (a webhook, a poll, a retry, a
-duplicate, an old one), the engine reads BOTH sides fresh, merges each field against the last
-synced snapshot (shared/sync/merge.py), writes only what changed to each side, and saves the new
-snapshot under the link row's ETag. So duplicate, late and out-of-order messages are harmless, and
+duplicate, an old one), the engine reads BOTH sides fresh through its ports (shared/sync/ports.py,
+shared/crm/port.py), asks the pure planner (shared/sync/plan.py) what to write to each side,
+carries the plan out, and saves the new snapshot under the link row's ETag. So duplicate, late and out-of-order messages are harmless, and
 our own writes coming back produce no diff (no ping-pong).
 
 Creates are idempotent: the CRM side by upsert on the referral id; the Partner Center side by a
 write-ahead `creating` link saved before the POST, and a lookup by `externalReferenceId` before
 any second POST.
 
-Errors: transient ones (throttling, 5xx, timeouts, ETag races that keep losing) raise, so the
-queue retries with back-off; permanent ones (data Partner Center or the CRM refuses) are written to
-the CRM record's audit and sync status and to the link, and are not retried.
+Errors (shared/sync/errors.py): transient ones (throttling, 5xx, timeouts, ETag races that keep
+losing) raise, so the queue retries with back-off; permanent ones (data Partner Center or the CRM
+refuses) are written to the CRM record's audit and sync status and to the link, and are not
+retried; those only an admin can fix (sign-in, permissions, schema) raise to the worker, which
+dead-letters them at once.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def _hold_while_not_open(
         return replace(plan, to_pc={}, status=None)
     if state == "pending" and (plan.status is None or plan.status.status == "Closed"):
         if not plan.to_pc:
-            return replace(plan, status=plan.status)
+            return plan
         waiting = {name: crm[name] for name in plan.to_pc}
         if waiting != plan.held:
             names = ", ".join(label(name) for name in plan.to_pc)
