@@ -60,6 +60,7 @@ from shared.crm.port import (
     with_sync_mark,
 )
 from shared.crm.watermark import OverlapWatermark
+from shared.retry import DEFAULT_BACKOFF, RetryBudget, RetryLater
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ class SalesforceAdapter:
         settings: Settings,
         *,
         timeout_seconds: float = 30.0,
-        retry_delays: Sequence[float] = (1.0, 4.0, 15.0),
+        retry_delays: Sequence[float] = DEFAULT_BACKOFF,
         overlap: dt.timedelta = dt.timedelta(minutes=5),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -326,22 +327,12 @@ class SalesforceAdapter:
             return self._client
 
     def _call(self, operation: str, action: Callable[[Salesforce], T], *, idempotent: bool = True) -> T:
-        """Run one Salesforce call with the retry policy; translate failures to `CrmError`s."""
-        from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceMoreThanOneRecord
+        """Run one Salesforce call within the retry budget (shared/retry.py); translate failures to `CrmError`s."""
+        from simple_salesforce.exceptions import SalesforceError, SalesforceMoreThanOneRecord
 
-        attempt = 0
-        signed_in_again = False
-        while True:
-            client = self._sf()
-            self._operation = operation
+        def attempt() -> T:
             try:
-                return action(client)
-            except SalesforceExpiredSession as error:
-                if signed_in_again:
-                    raise CrmAuthError("Salesforce refused a fresh session (INVALID_SESSION_ID)") from error
-                with self._lock:
-                    self._client = None  # the session expired or was revoked: sign in again, once
-                signed_in_again = True
+                return self._signed_in(operation, action)
             except SalesforceMoreThanOneRecord as error:
                 raise CrmValidationError(
                     f"{operation}: more than one record matches", code="MULTIPLE_CHOICES"
@@ -349,18 +340,36 @@ class SalesforceAdapter:
             except SalesforceError as error:
                 code = _error_details(error)[0]
                 transient = code in _RETRYABLE or error.status >= 500
-                may_repeat = idempotent or code in _NOT_PERFORMED
-                if transient and may_repeat and attempt < len(self.retry_delays):
-                    self._sleep(self.retry_delays[attempt])
-                    attempt += 1
-                    continue
-                raise _crm_error(operation, error, transient=transient) from error
+                failure = _crm_error(operation, error, transient=transient)
+                if transient and (idempotent or code in _NOT_PERFORMED):
+                    raise RetryLater(failure) from error
+                raise failure from error
             except requests.RequestException as error:
-                if idempotent and attempt < len(self.retry_delays):
-                    self._sleep(self.retry_delays[attempt])
-                    attempt += 1
-                    continue
-                raise CrmTransientError(f"Salesforce {operation}: {type(error).__name__}: {error}") from error
+                failure = CrmTransientError(f"Salesforce {operation}: {type(error).__name__}: {error}")
+                if idempotent:
+                    raise RetryLater(failure) from error
+                raise failure from error
+
+        return RetryBudget(backoff=self.retry_delays).call(attempt, sleep=self._sleep)
+
+    def _signed_in(self, operation: str, action: Callable[[Salesforce], T]) -> T:
+        """`action` on the session; an expired or revoked session is renewed once (not a retry)."""
+        from simple_salesforce.exceptions import SalesforceExpiredSession
+
+        try:
+            return self._on_session(operation, action)
+        except SalesforceExpiredSession:
+            with self._lock:
+                self._client = None  # the session expired or was revoked: sign in again, once
+        try:
+            return self._on_session(operation, action)
+        except SalesforceExpiredSession as error:
+            raise CrmAuthError("Salesforce refused a fresh session (INVALID_SESSION_ID)") from error
+
+    def _on_session(self, operation: str, action: Callable[[Salesforce], T]) -> T:
+        client = self._sf()
+        self._operation = operation
+        return action(client)
 
     def _query(self, operation: str, soql: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         return self._call(operation, lambda sf: list(sf.query_all_iter(soql, include_deleted=include_deleted)))
