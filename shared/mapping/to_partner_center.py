@@ -1,8 +1,12 @@
 """Neutral values -> Partner Center wire: the body of a new referral, and JSON Patch operations.
 
-Partner Center accepts only `add` and `replace` (reference 0, 1.1). JSON Patch `replace` needs
-the member to exist, so each operation is built against the referral as last read: `replace` when
-the member is there, `add` when only its parent is, and an `add` of the whole parent otherwise.
+Partner Center accepts only `add` and `replace`, and only on the paths the contract lists
+(shared/partner_center/contract.json): one refused path fails the whole PATCH, status included.
+So a change to a field Partner Center keeps to itself after creation (the referral name, the
+customer, the help asked of Microsoft) is not sent; `patch_operations` returns those fields, for
+the caller to say in the audit that Partner Center keeps its own value. JSON Patch `replace`
+needs the member to exist: `replace` when it is there, `add` when it is not (never a whole parent,
+which would be an unlisted path).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from shared.mapping.countries import country_code
 from shared.mapping.rules import StatusChange, asks_microsoft_for_help
 from shared.mapping.views import View
 from shared.model.referral import PatchOperation, Referral
+from shared.partner_center.contract import contract
 
 PATHS = {
     "name": ("name",),
@@ -52,12 +57,15 @@ def _solution(solution: dict[str, Any]) -> dict[str, Any]:
 
 def _address(customer: dict[str, Any], *, accept_country_names: bool) -> dict[str, Any]:
     country = customer.get("country")
+    code = country_code(country, accept_names=accept_country_names) if country else None
     address = {
         "addressLine1": customer.get("street"),
         "city": customer.get("city"),
         "state": customer.get("state"),
+        # Real payloads carry a US state in `region` (state null): send it in both.
+        "region": customer.get("state") if code == "US" else None,
         "postalCode": customer.get("postal_code"),
-        "country": country_code(country, accept_names=accept_country_names) if country else None,
+        "country": code,
     }
     return {key: value for key, value in address.items() if value is not None}
 
@@ -78,18 +86,25 @@ def wire_value(field: str, value: Any, *, accept_country_names: bool) -> Any:
 
 
 def _op(document: dict[str, Any], path: tuple[str, ...], value: Any) -> PatchOperation:
-    """`replace` if the member exists, `add` if its parent does, else `add` the missing parent."""
+    """`replace` if the member exists, else `add` (the contract's paths all have their parent)."""
     container: Any = document
-    for depth, key in enumerate(path[:-1]):
-        child = container.get(key) if isinstance(container, dict) else None
-        if not isinstance(child, dict):
-            wrapped: Any = value
-            for inner in reversed(path[depth + 1 :]):
-                wrapped = {inner: wrapped}
-            return PatchOperation(op="add", path="/" + "/".join(path[: depth + 1]), value=wrapped)
-        container = child
-    op = "replace" if path[-1] in container else "add"
-    return PatchOperation(op=op, path="/" + "/".join(path), value=value)
+    for key in path[:-1]:
+        container = container.get(key) if isinstance(container, dict) else None
+    op = "replace" if isinstance(container, dict) and path[-1] in container else "add"
+    return PatchOperation(op=op, path=_pointer(path), value=value)
+
+
+def _pointer(path: tuple[str, ...]) -> str:
+    return "/" + "/".join(path)
+
+
+def _customer_paths(customer: dict[str, Any], *, accept_country_names: bool) -> list[tuple[tuple[str, ...], Any]]:
+    """The customer's name and each address part, as separate paths: only the contract decides
+    which of them Partner Center takes after creation (today none)."""
+    address = _address(customer, accept_country_names=accept_country_names)
+    paths: list[tuple[tuple[str, ...], Any]] = [(("customerProfile", "name"), customer.get("name"))]
+    paths += [(("customerProfile", "address", key), value) for key, value in address.items()]
+    return paths
 
 
 def patch_operations(
@@ -98,34 +113,40 @@ def patch_operations(
     status: StatusChange | None,
     *,
     accept_country_names: bool,
-) -> list[PatchOperation]:
-    """JSON Patch carrying exactly `changes` (neutral field -> new value) and the status change."""
+) -> tuple[list[PatchOperation], list[str]]:
+    """JSON Patch carrying `changes` (neutral field -> new value) and the status change, on the
+    contract's patchable paths only; and the neutral fields left out because Partner Center does
+    not accept them by PATCH (it keeps its own value)."""
+    terms = contract()
     document = referral.model_dump(mode="json", by_alias=True, exclude_unset=True)  # the members on the wire
-    operations: list[PatchOperation] = []
+    wanted: list[tuple[str, tuple[str, ...], Any]] = []
     for field, value in changes.items():
         if field == "customer":
-            customer = value or {}
-            operations.append(_op(document, ("customerProfile", "name"), customer.get("name")))
-            operations.append(
-                _op(
-                    document,
-                    ("customerProfile", "address"),
-                    _address(customer, accept_country_names=accept_country_names),
-                )
-            )
+            profile = referral.customer_profile
+            old = {"name": profile.name if profile else None}
+            old |= profile.address.to_wire() if profile and profile.address else {}
+            for path, part in _customer_paths(value or {}, accept_country_names=accept_country_names):
+                if old.get(path[-1]) != part:  # only the parts that changed: region and addressLine2 stay
+                    wanted.append((field, path, part))
             continue
-        operations.append(
-            _op(document, PATHS[field], wire_value(field, value, accept_country_names=accept_country_names))
-        )
-        if field == "help_needed" and asks_microsoft_for_help({"help_needed": value}) and "visible" not in changes:
+        wanted.append((field, PATHS[field], wire_value(field, value, accept_country_names=accept_country_names)))
+        if (
+            field == "help_needed"
+            and asks_microsoft_for_help({"help_needed": value})
+            and "visible" not in changes
+            and terms.is_patchable(_pointer(PATHS[field]))
+        ):
             # Asking Microsoft for help makes it a co-sell, which is shared with Microsoft sellers.
-            operations.append(_op(document, PATHS["visible"], True))
+            wanted.append(("visible", PATHS["visible"], True))
     if status is not None:
-        operations.append(_op(document, ("status",), status.status))
-        operations.append(_op(document, ("substatus",), status.substatus))
+        wanted.append(("status", ("status",), status.status))
+        wanted.append(("status", ("substatus",), status.substatus))
         if status.reason:
-            operations.append(_op(document, ("statusReason",), status.reason))
-    return operations
+            wanted.append(("status", ("statusReason",), status.reason))
+    refused = {field for field, path, _ in wanted if not terms.is_patchable(_pointer(path))}
+    # A customer is several paths: its patchable parts go. Any other field is one path.
+    operations = [_op(document, path, value) for _, path, value in wanted if terms.is_patchable(_pointer(path))]
+    return operations, [field for field in changes if field in refused]
 
 
 def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) -> dict[str, Any]:
@@ -137,8 +158,13 @@ def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) 
     customer = view.get("customer") or {}
     co_sell = asks_microsoft_for_help(view)
     shared = co_sell or bool(view.get("visible"))
+    terms = contract()
     details: dict[str, Any] = {
-        "requirements": {"solutions": wire_value("solutions", view.get("solutions"), accept_country_names=False)}
+        "requirements": {
+            "solutions": wire_value("solutions", view.get("solutions"), accept_country_names=False),
+            # Mandatory since 2026-01-05; the CRMs do not ask the seller, so "have not decided".
+            "additionalRequirements": {"attributes": [terms.marketplace_intent()]},
+        }
     }
     for field, key in (
         ("deal_value", "dealValue"),
@@ -158,7 +184,7 @@ def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) 
             "address": _address(customer, accept_country_names=accept_country_names),
             "team": wire_value("contacts", view.get("contacts"), accept_country_names=False),
         },
-        "consent": {"consentToShareReferralWithMicrosoftSellers": shared},
+        "consent": terms.consent_on_create(shared=shared),
         "details": details,
         "team": wire_value("team", view.get("team"), accept_country_names=False),
     }

@@ -32,6 +32,7 @@ from shared.partner_center.client import (
     PartnerCenterNotFoundError,
     TokenProvider,
 )
+from shared.partner_center.contract import contract
 from shared.partner_center.token_store import TokenStoreError
 from shared.settings import Settings
 
@@ -123,7 +124,10 @@ class WebhookRegistration:
 
 @dataclass(frozen=True)
 class DeliveryAttempt:
-    response_code: int
+    """One delivery attempt of a validation event. Microsoft's sample shows `"responseCode": "OK"`
+    and `"systemError": false`; older text shows a number and a message: both are read."""
+
+    response_code: int | str
     response_message: str | None
     system_error: str | None
     at: str | None
@@ -131,21 +135,25 @@ class DeliveryAttempt:
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> DeliveryAttempt:
         code = body.get("responseCode")
+        system_error = body.get("systemError")
+        if isinstance(system_error, bool) or system_error is None:
+            system_error = "a system error on Partner Center's side" if system_error else None
         return cls(
-            response_code=int(code) if isinstance(code, int | str) and str(code).isdigit() else 0,
+            response_code=code if isinstance(code, int | str) and not isinstance(code, bool) else 0,
             response_message=body.get("responseMessage"),
-            system_error=body.get("systemError"),
+            system_error=str(system_error) if system_error else None,
             at=body.get("dateTimeUtc"),
         )
 
     @property
     def succeeded(self) -> bool:
-        return 200 <= self.response_code < 300
+        return not self.system_error and contract().validation_result_ok(self.response_code)
 
     def describe(self) -> str:
         if self.system_error:
             return f"no response ({self.system_error})"
-        return f"HTTP {self.response_code} {self.response_message or ''}".rstrip()
+        code = f"HTTP {self.response_code}" if isinstance(self.response_code, int) else str(self.response_code)
+        return f"{code} {self.response_message or ''}".rstrip()
 
 
 @dataclass(frozen=True)

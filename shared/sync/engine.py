@@ -37,7 +37,7 @@ from shared.crm.port import (
 from shared.mapping import rules
 from shared.mapping.to_crm import creation_lifecycle, crm_account, crm_contacts, crm_solutions, record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
-from shared.mapping.views import FIELD_LABELS, MICROSOFT_ORGANIZATION_ID, View, crm_view, referral_view
+from shared.mapping.views import FIELD_LABELS, View, crm_view, referral_view
 from shared.model.referral import Referral
 from shared.partner_center.client import (
     PartnerCenterClient,
@@ -120,7 +120,7 @@ class SyncEngine:
             log.warning("referral %s no longer exists in Partner Center; nothing to sync", referral_id)
             return
         related = None
-        if referral.organization_id == MICROSOFT_ORGANIZATION_ID:
+        if referral.is_microsoft_side:  # issue 12: the model knows both undocumented forms
             related, referral_or_none = referral, self._our_referral_of(referral)
             if referral_or_none is None:
                 log.info("Microsoft's referral %s belongs to no referral of ours; ignored", referral_id)
@@ -188,8 +188,8 @@ class SyncEngine:
             return None
         ours = [
             item
-            for item in self.pc.related_referrals(microsoft.engagement_id)
-            if item.organization_id != MICROSOFT_ORGANIZATION_ID
+            for item in self.pc.related_referrals(microsoft)  # issue 12: follows its links.relatedReferrals
+            if not item.is_microsoft_side
         ]
         linked = [item for item in ours if item.id and self.state.find_link_by_referral(item.id)]
         candidates = linked or ours
@@ -216,7 +216,7 @@ class SyncEngine:
         `externalReferenceId` is not among the documented `$filter` fields (reference 1.2), so the
         lookup lists what changed since the intent (a documented filter) and matches locally."""
         for referral in self.pc.referrals_updated_since(since - CREATE_LOOKUP_MARGIN):
-            if referral.external_reference_id == crm_id and referral.organization_id != MICROSOFT_ORGANIZATION_ID:
+            if referral.external_reference_id == crm_id and not referral.is_microsoft_side:
                 return referral
         return None
 
@@ -580,15 +580,24 @@ class SyncEngine:
         updated = referral
         sent: list[str] = []
         if (to_pc or status) and error is None:
-            operations = patch_operations(
+            operations, kept_by_pc = patch_operations(
                 referral, to_pc, status, accept_country_names=self.settings.accept_country_names
             )
+            # issue 12 (carry into the redesigned engine): fields Partner Center does not take by PATCH are
+            # said once in the audit and leave to_pc without joining `unsent`, so their CRM value becomes
+            # the merge base and the change is not offered again.
+            if kept_by_pc:
+                kept_labels = ", ".join(FIELD_LABELS[name] for name in kept_by_pc)
+                notes.append(
+                    f"Partner Center keeps its own {kept_labels}: it does not accept changes to it after creation"
+                )
+                to_pc = {name: value for name, value in to_pc.items() if name not in kept_by_pc}
             try:
-                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag)
+                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag) if operations else None
             except PartnerCenterValidationError as refused:
                 error = f"Partner Center refused the update: {refused}"
             else:
-                updated = answer or self.pc.get_referral(referral.id)
+                updated = (answer or self.pc.get_referral(referral.id)) if operations else referral
                 sent = [FIELD_LABELS[name] for name in to_pc] + ([f"status ({status.label})"] if status else [])
         if error is not None:
             unsent |= set(to_pc)
