@@ -176,7 +176,7 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
         error_type = PartnerCenterValidationError
     elif status == 401 and _mfa_required(details):
         error_type = PartnerCenterMfaRequiredError
-        text = f"{text}. {PartnerCenterMfaRequiredError.advice}"
+        text = f"{text.rstrip('.')}. {PartnerCenterMfaRequiredError.advice}"
     elif status in (401, 403):
         error_type = PartnerCenterAuthError
     elif status == 404:
@@ -207,8 +207,10 @@ class ApiTransport:
         max_backoff_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         http: httpx.Client | None = None,
+        on_mfa_required: Callable[[PartnerCenterMfaRequiredError], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._on_mfa_required = on_mfa_required  # e.g. PartnerCenterAuth.record_mfa_refusal, for the health page
         self.scope = scope
         self._token = token_provider
         self._max_attempts = max_attempts
@@ -272,7 +274,12 @@ class ApiTransport:
             logger.warning("%s: HTTP %d; retry %d in %.1fs", what, response.status_code, attempt + 1, delay)
             self._sleep(delay)
         assert response is not None  # the loop ran at least once and either returned or raised
-        raise_for_response(response, what)
+        try:
+            raise_for_response(response, what)
+        except PartnerCenterMfaRequiredError as refused:
+            if self._on_mfa_required is not None:
+                self._on_mfa_required(refused)
+            raise
         return response
 
 

@@ -129,19 +129,20 @@ class DeliveryAttempt:
 
     response_code: int | str
     response_message: str | None
-    system_error: str | None
+    system_error: bool
     at: str | None
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> DeliveryAttempt:
         code = body.get("responseCode")
+        message = body.get("responseMessage")
         system_error = body.get("systemError")
-        if isinstance(system_error, bool) or system_error is None:
-            system_error = "a system error on Partner Center's side" if system_error else None
+        if isinstance(system_error, str) and system_error:  # the older shape: the error text itself
+            message, system_error = system_error, True
         return cls(
             response_code=code if isinstance(code, int | str) and not isinstance(code, bool) else 0,
-            response_message=body.get("responseMessage"),
-            system_error=str(system_error) if system_error else None,
+            response_message=str(message) if message else None,
+            system_error=bool(system_error),
             at=body.get("dateTimeUtc"),
         )
 
@@ -151,7 +152,8 @@ class DeliveryAttempt:
 
     def describe(self) -> str:
         if self.system_error:
-            return f"no response ({self.system_error})"
+            reason = self.response_message or "a system error on Partner Center's side"
+            return f"no response ({reason})"
         code = f"HTTP {self.response_code}" if isinstance(self.response_code, int) else str(self.response_code)
         return f"{code} {self.response_message or ''}".rstrip()
 
@@ -378,7 +380,10 @@ def default_registrar() -> Iterator[WebhookRegistrar]:
     """A registrar on the process-wide settings and Partner Center sign-in (the function app's)."""
     from shared import bootstrap
 
-    registrar = WebhookRegistrar.from_settings(bootstrap.settings(), bootstrap.partner_center_auth().token)
+    auth = bootstrap.partner_center_auth()
+    registrar = WebhookRegistrar.from_settings(
+        bootstrap.settings(), auth.token, on_mfa_required=auth.record_mfa_refusal
+    )
     try:
         yield registrar
     finally:
