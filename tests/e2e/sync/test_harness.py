@@ -26,6 +26,7 @@ from tests.e2e.sync.drivers import (
     SimulatorControl,
     Solution,
     cosell_referral,
+    pc_edit,
     tag,
     unique,
 )
@@ -100,7 +101,7 @@ def test_an_edit_lands_right_after_the_next_read(
 ) -> None:
     control = _partner_center(sandbox_services, http)
     referral = control.post("incoming-referral", cosell_referral())
-    edit = [{"op": "replace", "path": "/details/notes", "value": "edited by a colleague"}]
+    edit = [pc_edit("/details/notes", "edited by a colleague")]
     control.post(f"referrals/{referral['id']}/edit-after-next-read", edit)
     assert control.state()["scheduled_edits"]["pending"] == {referral["id"]: edit}
 
@@ -114,7 +115,7 @@ def test_an_edit_lands_right_after_the_next_read(
     assert read.status_code == 200 and read.json()["details"]["notes"] != "edited by a colleague"
     stale = http.patch(
         url,
-        json=[{"op": "replace", "path": "/details/dealValue", "value": 1}],
+        json=[pc_edit("/details/dealValue", 1)],
         headers={**headers, "If-Match": read.json()["eTag"]},
     )
     assert stale.status_code == 412 and stale.json()["error"]["code"] == "preconditionFailed"
@@ -128,7 +129,7 @@ def test_an_edit_lands_right_after_the_next_read(
         {
             "referral_id": referral["id"],
             "if_match": read.json()["eTag"],
-            "operations": [{"op": "replace", "path": "/details/dealValue", "value": 1}],
+            "operations": [pc_edit("/details/dealValue", 1)],
             "status": 412,
         }
     ]
