@@ -208,9 +208,11 @@ class ApiTransport:
         sleep: Callable[[float], None] = time.sleep,
         http: httpx.Client | None = None,
         on_mfa_required: Callable[[PartnerCenterMfaRequiredError], None] | None = None,
+        forbidden_advice: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._on_mfa_required = on_mfa_required  # e.g. PartnerCenterAuth.record_mfa_refusal, for the health page
+        self._forbidden_advice = forbidden_advice  # added to a 403's message: which role this API asks for
         self.scope = scope
         self._token = token_provider
         self._max_attempts = max_attempts
@@ -280,6 +282,16 @@ class ApiTransport:
             if self._on_mfa_required is not None:
                 self._on_mfa_required(refused)
             raise
+        except PartnerCenterAuthError as refused:
+            if refused.status != 403 or not self._forbidden_advice:
+                raise
+            raise PartnerCenterAuthError(
+                f"{str(refused).rstrip('.')}. {self._forbidden_advice}",
+                status=refused.status,
+                code=refused.code,
+                target=refused.target,
+                inner_codes=refused.inner_codes,
+            ) from refused
         return response
 
 

@@ -54,9 +54,8 @@ class Contract:
         node: Any = self.data["referral_members"]
         for part in path.strip("/").split("/"):
             if isinstance(node, list):
-                if part != "-" and not part.isdigit():
-                    return False
-                continue  # list items: the definition does not spell their members out everywhere
+                # An item of a list: the members data does not spell out list items, so any below.
+                return part == "-" or part.isdigit()
             if not isinstance(node, dict) or part not in node:
                 return False
             node = node[part]

@@ -47,6 +47,13 @@ WEBHOOK_EVENTS = (
 )
 """What we register: the four referral events plus `test-created` (needed to send validation events)."""
 
+WEBHOOK_ROLE_ADVICE = (
+    "Microsoft's webhook page lists the roles Billing admin, Admin agent, Sales agent and Helpdesk agent for "
+    "this API (the co-sell connector docs use the Referrals Admin): give the signed-in user one of them "
+    "besides Referrals Admin, or sign in with a user who has both"
+)
+"""Sources differ on who may register webhooks; the sign-in is the Referrals Admin's, so a 403 says this."""
+
 REGISTRATION_FAILURES = (SignInRequired, TokenStoreError, PartnerCenterError)
 """What a registration call may raise besides a bad URL: each has a message fit for an admin."""
 
@@ -251,6 +258,7 @@ class WebhookRegistrar:
             "scope": settings.pc_webhook_api_scope,
             "token_provider": token_provider,
             "http": http,
+            "forbidden_advice": WEBHOOK_ROLE_ADVICE,
             **transport_options,
         }
         return cls(

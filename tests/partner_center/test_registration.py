@@ -13,7 +13,7 @@ from sandbox.host import LocalHost
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared.http import tls_context
-from shared.partner_center.client import PartnerCenterUnavailableError
+from shared.partner_center.client import PartnerCenterAuthError, PartnerCenterUnavailableError
 from shared.partner_center.registration import (
     WEBHOOK_EVENTS,
     DeliveryAttempt,
@@ -274,3 +274,17 @@ def test_validation_results_are_read_in_both_shapes(wire: dict[str, object], del
     attempt = DeliveryAttempt.from_wire(wire)
     assert attempt.succeeded is delivered
     assert attempt.describe() == shown
+
+
+def test_a_403_names_the_roles_the_webhook_api_asks_for(
+    registrar: WebhookRegistrar, pc_server: RunningServer, ca_bundle: str
+) -> None:
+    httpx.post(
+        f"{pc_server.url}/_sandbox/faults",
+        json={"path_prefix": "/webhooks/v1/registration", "status": 403, "count": 1},
+        verify=tls_context(ca_bundle),
+    ).raise_for_status()
+    with pytest.raises(PartnerCenterAuthError) as refused:
+        registrar.current()
+    assert refused.value.status == 403
+    assert "Admin agent" in str(refused.value) and "Referrals Admin" in str(refused.value)
