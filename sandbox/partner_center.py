@@ -1,12 +1,25 @@
 """The Partner Center simulator: Referrals API, webhook registration API and signed webhook delivery.
 
-Speaks the contract of reference/partner-center-api.md (served at `https://127.0.0.1:7101`):
+Speaks the contract of shared/partner_center/contract.json (Microsoft's certified connector
+definition and the Learn pages, as data) and reference/partner-center-api.md, at
+`https://127.0.0.1:7101`:
 
     /v1.0/engagements/referrals[/{id}]       GET list/get, POST create, PATCH (JSON Patch), PUT
-    /webhooks/v1/registration                GET / POST (refused if one exists) / PUT (replaces)
+    /webhooks/v1/registration                GET / POST 200 (400 if one exists) / PUT 200 (replaces)
     /webhooks/v1/registration/events         GET the supported event names
     /webhooks/v1/registration/validationEvents[/{correlationId}]   POST send test / GET its results
-    /cert/{name}                             the webhook signing certificate (DER), as PC's blob URL
+    /cert/{name}                             the webhook signing certificate (leaf only, DER), as PC's
+                                             blob URL, and the intermediate CA its AIA URL names
+
+What the contract makes it enforce: a PATCH with any path the contract does not list is refused
+whole (400 `invalidRequest`, status changes in it included); `dealValue` is taken as a number or
+as text; a create must carry the required members and the customer's marketplace intent; every
+answer carries every member the definition lists (null where unknown); list options `$filter`,
+`$orderby`, `$top`, `$skip`, `$count`, `$select` are honoured, `$expand` and unknown options are
+refused (400); `links.relatedReferrals.uri` holds the engagement id unquoted (the quoted filter
+works too); user (App+User) tokens without an MFA claim (`amr` lacking "mfa") get 401 with error
+900421 (nested `innerError` on the Referrals API, the classic body's code on the registration
+host); validation-event results carry `responseCode` by name ("OK") and `systemError` as a boolean.
 
 Bearer tokens come from the sandbox identity provider and are checked with `verify_access_token`:
 audience `https://api.partner.microsoft.com` (delegated tokens only, as the real Referrals API) for
@@ -15,9 +28,10 @@ referrals, `https://api.partnercenter.microsoft.com` for registration.
 Every referral write fires a webhook (`referral-created` / `referral-updated`) to the registered URL
 when that event is registered, signed like Partner Center: `Authorization: Signature <base64
 RSA-SHA256>` (or `x-ms-signature` when registered with `SignatureTokenToMsSignatureHeader`),
-`x-ms-certificate-url` (this simulator's `/cert/...`, a certificate with O=Microsoft Corporation
-issued by the sandbox CA) and `x-ms-signature-algorithm: rsa-sha256`. A delivery is attempted up
-to 10 times with exponential back-off, then parked (as PC's "offline queue").
+`x-ms-certificate-url` (this simulator's `/cert/...`: a leaf with O=Microsoft Corporation issued by
+an intermediate CA "Microsoft Corporation" under the sandbox root) and `x-ms-signature-algorithm:
+rsa-sha256`. A delivery is attempted up to 10 times with exponential back-off, then parked (as PC's
+"offline queue").
 
 Control API (besides reset/state/requests/faults of `sandbox.server`):
     POST /_sandbox/incoming-referral          Microsoft shares a new referral (body: referral fields)
