@@ -201,7 +201,7 @@ def test_06_duplicate_and_out_of_order_deliveries_give_one_record_with_the_lates
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [202, 202, 202] or all(200 <= status < 300 for status in statuses)
+    assert statuses == [200, 200, 200]  # each delivery answered "OK", as Microsoft's sample
     raw = sync.wait_for_record(shared["id"])
     sync.settle()
     # the older event arrives last
