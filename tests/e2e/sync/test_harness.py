@@ -30,6 +30,7 @@ from tests.e2e.sync.drivers import (
     tag,
     unique,
 )
+from tests.partner_center.wire import create_request
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -145,11 +146,7 @@ def test_a_late_answer_stores_the_referral_before_answering(
     auth = PartnerCenterAuth.from_settings(settings)
     auth.login(show=lambda _message: None)
     external_id = f"late-{tag()}"
-    body = {
-        "name": "Late answer",
-        "externalReferenceId": external_id,
-        "customerProfile": {"name": "Contoso", "address": {"country": "US"}},
-    }
+    body = create_request(crm_record_id=external_id, name="Late answer")
     headers = {"Authorization": f"Bearer {auth.token(settings.pc_api_scope)}"}
     with pytest.raises(httpx.TimeoutException):
         http.post(f"{settings.pc_api_base_url}/referrals", json=body, headers=headers, timeout=0.5)
