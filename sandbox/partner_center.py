@@ -583,20 +583,17 @@ class PartnerCenterSimulator(Simulator):
             )
         requirements = (referral.get("details") or {}).get("requirements") or {}
         solutions = requirements.get("solutions") or []
+        solution_ids = _CONTRACT.create["solution_ids_required"]
         if any(not (isinstance(item, dict) and item.get("id")) for item in solutions):
-            raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+            raise ApiError(400, "invalidRequest", solution_ids["message"], solution_ids["target"])
         help_code = (referral.get("inviteContext") or {}).get("assistanceRequestCode")
-        if help_code and help_code != "Unknown":
+        if help_code and help_code != "Unknown":  # a co-sell: what asking Microsoft for help needs
+            co_sell = _CONTRACT.create["co_sell_required"]
             if not solutions:
-                raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+                raise ApiError(400, "invalidRequest", co_sell["solution"]["message"], co_sell["solution"]["target"])
             contacts = (referral.get("customerProfile") or {}).get("team") or []
             if not any(isinstance(contact, dict) and contact.get("email") for contact in contacts):
-                raise ApiError(
-                    400,
-                    "invalidRequest",
-                    "A customer contact is required when help from Microsoft is requested.",
-                    "customerProfile.team",
-                )
+                raise ApiError(400, "invalidRequest", co_sell["contact"]["message"], co_sell["contact"]["target"])
 
     @staticmethod
     def _check_transition(before: JsonDict, after: JsonDict) -> None:
