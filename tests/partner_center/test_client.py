@@ -146,7 +146,9 @@ def test_json_patch_update_and_stale_etag(client: PartnerCenterClient, partner_c
     assert closed.value.code == "invalidRequest"
 
     with pytest.raises(pydantic.ValidationError):  # PC accepts only add/replace: refused before sending
-        client.update_referral(created.id, [{"op": "remove", "path": "/details/notes", "value": None}])
+        client.update_referral(
+            created.id, [{"op": "remove", "path": "/details/notes", "value": None}]
+        )  # deliberately invalid
 
     other = client.create_referral(create_request())
     assert other.id

@@ -20,7 +20,7 @@ from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared.http import tls_context
 from shared.partner_center.contract import contract
-from tests.partner_center.wire import create_request, edit, member_edit
+from tests.partner_center.wire import create_request, edit, member_edit, shared_by_microsoft
 from tests.waiting import wait_until
 
 # Copies of reference/examples (hand-made in the documented wire shapes).
@@ -301,7 +301,7 @@ def test_incoming_referral_and_as_microsoft(
     verify = tls_context(ca_bundle)
     incoming = httpx.post(
         f"{pc_server.url}/_sandbox/incoming-referral",
-        json={"name": "Fabrikam ERP", "customerProfile": {"name": "Fabrikam"}},
+        json=shared_by_microsoft({"name": "Fabrikam ERP", "customerProfile": {"name": "Fabrikam"}}),
         verify=verify,
     ).json()
     assert incoming["direction"] == "Incoming" and incoming["substatus"] == "Pending"

@@ -49,6 +49,7 @@ def member_edit(path: str, value: Any, op: str = "replace") -> dict[str, Any]:
     return contract().member_operation(path, value, op)
 
 
-def referral_document(values: dict[str, Any]) -> dict[str, Any]:
-    """A referral as Partner Center holds one (every listed member), `values` filled in."""
-    return contract().referral_document(values)
+def shared_by_microsoft(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields of a referral Microsoft shares (sandbox control), each checked against the contract."""
+    contract().referral_document(fields)  # refuses a member Partner Center does not have
+    return fields
