@@ -486,10 +486,7 @@ class PartnerCenterSimulator(Simulator):
             return json_response(
                 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {retry} seconds."}
             )
-        codes = {400: "invalidRequest", 401: "unauthenticated", 403: "accessDenied", 404: "itemNotFound"}
-        codes |= {412: "preconditionFailed", 503: "serviceNotAvailable"}
-        code = codes.get(status, "generalException")
-        return ApiError(status, code, f"The service returned {status}.").response()
+        return ApiError(status, _CONTRACT.error_code(status), f"The service returned {status}.").response()
 
     def not_found_response(self, request: Request) -> Response:
         return ApiError(404, "itemNotFound", f"No resource at {request.path}.").response()
