@@ -120,7 +120,7 @@ class SignatureVerifier:
         self._store = verification.Store(anchors)
         self._bundled_intermediates = [certificate for certificate in trusted_roots if certificate not in anchors]
         self._http = http or httpx.Client(verify=tls_verify, timeout=timeout_seconds, follow_redirects=False)
-        self._cache: dict[str, tuple[float, x509.Certificate]] = {}
+        self._cache: dict[str, tuple[float, list[x509.Certificate]]] = {}
         self._issuer_cache: dict[str, tuple[float, list[x509.Certificate]]] = {}
         self._lock = threading.Lock()
 
@@ -184,22 +184,23 @@ class SignatureVerifier:
             raise SignatureError(f"certificate host {netloc!r} is not in PC_WEBHOOK_CERT_HOSTS")
 
     def _certificate(self, url: str) -> x509.Certificate:
+        """The signing certificate at `url`. Microsoft's URL serves the leaf alone; should it serve
+        a bundle, the first certificate is the leaf and the others are offered as intermediates."""
         self._check_url(url)
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(url)
         if cached is not None and now - cached[0] < CERTIFICATE_CACHE_SECONDS:
-            certificate = cached[1]
+            certificates = cached[1]
         else:
             certificates = self._download(url)
-            if len(certificates) != 1:
-                raise SignatureError(f"{url} does not hold exactly one certificate")
-            certificate = certificates[0]
+            if not certificates:
+                raise SignatureError(f"{url} holds no certificate")
             with self._lock:
-                self._cache[url] = (now, certificate)
+                self._cache[url] = (now, certificates)
         # Validity and chain are re-checked on every use: a cached certificate can expire.
-        self._check_certificate(certificate)
-        return certificate
+        self._check_certificate(certificates[0], served_with=certificates[1:])
+        return certificates[0]
 
     def _download(self, url: str) -> list[x509.Certificate]:
         """The certificates at `url`: DER, PEM, or a PKCS#7 bundle (what AIA URLs often serve)."""
@@ -225,14 +226,14 @@ class SignatureVerifier:
                 continue
         raise SignatureError(f"{url} does not hold an X.509 certificate")
 
-    def _check_certificate(self, certificate: x509.Certificate) -> None:
+    def _check_certificate(self, certificate: x509.Certificate, *, served_with: list[x509.Certificate]) -> None:
         organizations = [
             attribute.value for attribute in certificate.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         ]
         if REQUIRED_ORGANIZATION not in organizations:
             raise SignatureError(f"certificate issuer organisation {organizations} is not {REQUIRED_ORGANIZATION!r}")
         self._check_leaf_extensions(certificate)
-        self._check_chain(certificate)
+        self._check_chain(certificate, served_with)
 
     @staticmethod
     def _check_leaf_extensions(certificate: x509.Certificate) -> None:
@@ -249,9 +250,9 @@ class SignatureVerifier:
         if usage is not None and not usage.digital_signature:
             raise SignatureError("the signing certificate's keyUsage does not allow digital signatures")
 
-    def _check_chain(self, certificate: x509.Certificate) -> None:
+    def _check_chain(self, certificate: x509.Certificate, served_with: list[x509.Certificate]) -> None:
         """Build and verify the chain leaf -> intermediates -> a trusted root (validity, Web PKI CA rules)."""
-        intermediates = [*self._bundled_intermediates, *self._aia_issuers(certificate)]
+        intermediates = [*served_with, *self._bundled_intermediates, *self._aia_issuers(certificate)]
         verifier = (
             verification.PolicyBuilder()
             .store(self._store)

@@ -313,3 +313,9 @@ def test_intermediates_come_from_the_aia_url_or_the_bundled_set(
     )
     headers = signed_headers(body, certificates["no-aia.cer"], f"{cert_host.url}/cert/no-aia.cer")
     assert receive_event(body, headers, bundled).status == 200
+    # Sources are silent on a URL serving leaf and intermediate together: the extra one is used.
+    host.certificates["leaf-and-intermediate.pem"] = certificates["no-aia.cer"].certificate.public_bytes(
+        serialization.Encoding.PEM
+    ) + intermediate.public_bytes(serialization.Encoding.PEM)
+    headers = signed_headers(body, certificates["no-aia.cer"], f"{cert_host.url}/cert/leaf-and-intermediate.pem")
+    assert receive_event(body, headers, aia).status == 200
