@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from shared.mapping.countries import country_code
+from shared.mapping.countries import CountryError, country_code
 from shared.mapping.rules import StatusChange, asks_microsoft_for_help
 from shared.mapping.views import View
 from shared.model.referral import PatchOperation, Referral
@@ -98,10 +98,17 @@ def _pointer(path: tuple[str, ...]) -> str:
     return "/" + "/".join(path)
 
 
+_ADDRESS_PARTS = ("addressLine1", "city", "state", "region", "postalCode", "country")
+_CUSTOMER_PATHS = (("customerProfile", "name"), *(("customerProfile", "address", part) for part in _ADDRESS_PARTS))
+
+
 def _customer_paths(customer: dict[str, Any], *, accept_country_names: bool) -> list[tuple[tuple[str, ...], Any]]:
     """The customer's name and each address part, as separate paths: only the contract decides
     which of them Partner Center takes after creation (today none)."""
-    address = _address(customer, accept_country_names=accept_country_names)
+    try:
+        address = _address(customer, accept_country_names=accept_country_names)
+    except CountryError:  # the engine's checks report the country in plain words; never sent as is
+        address = _address({**customer, "country": None}, accept_country_names=accept_country_names)
     paths: list[tuple[tuple[str, ...], Any]] = [(("customerProfile", "name"), customer.get("name"))]
     paths += [(("customerProfile", "address", key), value) for key, value in address.items()]
     return paths
@@ -122,6 +129,9 @@ def patch_operations(
     wanted: list[tuple[str, tuple[str, ...], Any]] = []
     for field, value in changes.items():
         if field == "customer":
+            if not any(terms.is_patchable(_pointer(path)) for path in _CUSTOMER_PATHS):
+                wanted.append((field, _CUSTOMER_PATHS[0], None))  # none of it is patchable: refused whole
+                continue
             profile = referral.customer_profile
             old = {"name": profile.name if profile else None}
             old |= profile.address.to_wire() if profile and profile.address else {}

@@ -38,7 +38,7 @@ from shared.mapping import rules
 from shared.mapping.to_crm import creation_lifecycle, crm_account, crm_contacts, crm_solutions, record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
 from shared.mapping.views import FIELD_LABELS, View, crm_view, referral_view
-from shared.model.referral import Referral
+from shared.model.referral import PatchOperation, Referral
 from shared.partner_center.client import (
     PartnerCenterClient,
     PartnerCenterConflictError,
@@ -569,7 +569,20 @@ class SyncEngine:
         else:
             held = {}
 
+        operations: list[PatchOperation] = []
         if to_pc or status:
+            operations, kept_by_pc = patch_operations(
+                referral, to_pc, status, accept_country_names=self.settings.accept_country_names
+            )
+            # issue 12 (carry into the redesigned engine): fields Partner Center does not take by PATCH are
+            # said once in the audit and leave to_pc without joining `unsent`, so their CRM value becomes
+            # the merge base and the change is not offered again (nor checked: it is not sent).
+            if kept_by_pc:
+                kept_labels = ", ".join(FIELD_LABELS[name] for name in kept_by_pc)
+                notes.append(
+                    f"Partner Center keeps its own {kept_labels}: it does not accept changes to it after creation"
+                )
+                to_pc = {name: value for name, value in to_pc.items() if name not in kept_by_pc}
             projected = {**pc, **to_pc}
             if "currency" not in crm:
                 projected.pop("currency", None)  # a single-currency CRM cannot be asked to choose one
@@ -579,25 +592,13 @@ class SyncEngine:
 
         updated = referral
         sent: list[str] = []
-        if (to_pc or status) and error is None:
-            operations, kept_by_pc = patch_operations(
-                referral, to_pc, status, accept_country_names=self.settings.accept_country_names
-            )
-            # issue 12 (carry into the redesigned engine): fields Partner Center does not take by PATCH are
-            # said once in the audit and leave to_pc without joining `unsent`, so their CRM value becomes
-            # the merge base and the change is not offered again.
-            if kept_by_pc:
-                kept_labels = ", ".join(FIELD_LABELS[name] for name in kept_by_pc)
-                notes.append(
-                    f"Partner Center keeps its own {kept_labels}: it does not accept changes to it after creation"
-                )
-                to_pc = {name: value for name, value in to_pc.items() if name not in kept_by_pc}
+        if operations and error is None:
             try:
-                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag) if operations else None
+                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag)
             except PartnerCenterValidationError as refused:
                 error = f"Partner Center refused the update: {refused}"
             else:
-                updated = (answer or self.pc.get_referral(referral.id)) if operations else referral
+                updated = answer or self.pc.get_referral(referral.id)
                 sent = [FIELD_LABELS[name] for name in to_pc] + ([f"status ({status.label})"] if status else [])
         if error is not None:
             unsent |= set(to_pc)

@@ -282,3 +282,14 @@ def test_lead_referrals_become_leads() -> None:
     )
     assert crm_object_for(lead) == crm_object_for(qualified) == "lead"
     assert crm_object_for(Referral.model_validate(REFERRAL)) == "opportunity"
+
+
+def test_a_customer_with_a_country_name_is_left_to_the_checks_not_raised() -> None:
+    referral = Referral.model_validate(REFERRAL)
+    customer = {"name": "Contoso", "country": "Germany"}  # a name, not a code: the engine's checks say so
+    operations, kept = patch_operations(referral, {"customer": customer}, None, accept_country_names=False)
+    assert (operations, kept) == ([], ["customer"])
+    with _patch_paths({*contract().patch_paths, "/customerProfile/address/country", "/customerProfile/address/city"}):
+        moved = {**customer, "city": "Munich"}
+        operations, kept = patch_operations(referral, {"customer": moved}, None, accept_country_names=False)
+    assert [operation.path for operation in operations] == ["/customerProfile/address/city"]
