@@ -6,86 +6,47 @@ So a change to a field Partner Center keeps to itself after creation (the referr
 customer, the help asked of Microsoft) is not sent; `patch_operations` returns those fields, for
 the caller to say in the audit that Partner Center keeps its own value. JSON Patch `replace`
 needs the member to exist: `replace` when it is there, `add` when it is not (never a whole parent,
-which would be an unlisted path).
+which would be an unlisted path). Where each field goes on the wire is the field registry's word
+(shared/mapping/fields.py).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
-from shared.mapping.countries import CountryError, country_code
-from shared.mapping.rules import StatusChange, asks_microsoft_for_help
-from shared.mapping.views import View
+from shared.mapping.countries import CountryError
+from shared.mapping.fields import (
+    BY_NAME,
+    FIELDS,
+    View,
+    asks_microsoft_for_help,
+)
+from shared.mapping.status import StatusChange
 from shared.model.referral import PatchOperation, Referral
 from shared.partner_center.contract import contract
 
-PATHS = {
-    "name": ("name",),
-    "deal_value": ("details", "dealValue"),
-    "currency": ("details", "currency"),
-    "close_date": ("details", "closingDateTime"),
-    "notes": ("details", "notes"),
-    "contacts": ("customerProfile", "team"),
-    "solutions": ("details", "requirements", "solutions"),
-    "help_needed": ("inviteContext", "assistanceRequestCode"),
-    "visible": ("consent", "consentToShareReferralWithMicrosoftSellers"),
-    "team": ("team",),
-}
+Path = tuple[str, ...]
+
+_ADDRESS = ("customerProfile", "address")
+_ADDRESS_PARTS = ("addressLine1", "city", "state", "region", "postalCode", "country")
+_CUSTOMER_PATHS: tuple[Path, ...] = (("customerProfile", "name"), *((*_ADDRESS, part) for part in _ADDRESS_PARTS))
 
 
-def _member(contact: dict[str, Any]) -> dict[str, Any]:
-    member = {
-        "firstName": contact.get("first_name"),
-        "lastName": contact.get("last_name"),
-        "email": contact.get("email"),
-        "phoneNumber": contact.get("phone"),
-        "title": contact.get("title"),
-    }
-    return {key: value for key, value in member.items() if value is not None}
+def field_patches(field: str, value: Any, *, accept_country_names: bool) -> list[tuple[Path, Any]]:
+    """(JSON Patch path, wire value) pairs carrying one neutral field's new value (the registry says where)."""
+    spec = BY_NAME[field]
+    if spec.patch_values is not None:
+        return spec.patch_values(value, accept_country_names)
+    if spec.pc_path is None:
+        raise ValueError(f"the field {field!r} is never written to Partner Center")
+    return [(spec.pc_path, spec.to_wire(value))]
 
 
-def _solution(solution: dict[str, Any]) -> dict[str, Any]:
-    item = {
-        "id": solution["id"],
-        "name": solution.get("name"),
-        "publisherName": solution.get("publisher"),
-        "solutionType": solution.get("type"),
-    }
-    return {key: value for key, value in item.items() if value is not None}
+def _pointer(path: Path) -> str:
+    return "/" + "/".join(path)
 
 
-def _address(customer: dict[str, Any], *, accept_country_names: bool) -> dict[str, Any]:
-    country = customer.get("country")
-    code = country_code(country, accept_names=accept_country_names) if country else None
-    address = {
-        "addressLine1": customer.get("street"),
-        "city": customer.get("city"),
-        "state": customer.get("state"),
-        # Real payloads carry a US state in `region` (state null): send it in both.
-        "region": customer.get("state") if code == "US" else None,
-        "postalCode": customer.get("postal_code"),
-        "country": code,
-    }
-    return {key: value for key, value in address.items() if value is not None}
-
-
-def wire_value(field: str, value: Any, *, accept_country_names: bool) -> Any:
-    """The Partner Center JSON for one neutral field value."""
-    if field == "deal_value":
-        return float(Decimal(value)) if value is not None else None
-    if field == "close_date":
-        return f"{value}T00:00:00Z" if value else None
-    if field in ("contacts", "team"):
-        return [_member(contact) for contact in value or []]
-    if field == "solutions":
-        return [_solution(solution) for solution in value or []]
-    if field == "visible":
-        return bool(value)
-    return value
-
-
-def _op(document: dict[str, Any], path: tuple[str, ...], value: Any) -> PatchOperation:
+def _op(document: dict[str, Any], path: Path, value: Any) -> PatchOperation:
     """`replace` if the member exists, else `add` (the contract's paths all have their parent)."""
     container: Any = document
     for key in path[:-1]:
@@ -94,24 +55,26 @@ def _op(document: dict[str, Any], path: tuple[str, ...], value: Any) -> PatchOpe
     return PatchOperation(op=op, path=_pointer(path), value=value)
 
 
-def _pointer(path: tuple[str, ...]) -> str:
-    return "/" + "/".join(path)
-
-
-_ADDRESS_PARTS = ("addressLine1", "city", "state", "region", "postalCode", "country")
-_CUSTOMER_PATHS = (("customerProfile", "name"), *(("customerProfile", "address", part) for part in _ADDRESS_PARTS))
-
-
-def _customer_paths(customer: dict[str, Any], *, accept_country_names: bool) -> list[tuple[tuple[str, ...], Any]]:
-    """The customer's name and each address part, as separate paths: only the contract decides
-    which of them Partner Center takes after creation (today none)."""
+def _customer_patches(referral: Referral, value: Any, *, accept_country_names: bool) -> list[tuple[Path, Any]]:
+    """The customer's name and each address part that changed, as separate paths: only the
+    contract decides which of them Partner Center takes after creation (today none of them)."""
+    if not any(contract().is_patchable(_pointer(path)) for path in _CUSTOMER_PATHS):
+        return [(_CUSTOMER_PATHS[0], None)]  # refused whole, without reading the new value
     try:
-        address = _address(customer, accept_country_names=accept_country_names)
+        pairs = field_patches("customer", value, accept_country_names=accept_country_names)
     except CountryError:  # the engine's checks report the country in plain words; never sent as is
-        address = _address({**customer, "country": None}, accept_country_names=accept_country_names)
-    paths: list[tuple[tuple[str, ...], Any]] = [(("customerProfile", "name"), customer.get("name"))]
-    paths += [(("customerProfile", "address", key), value) for key, value in address.items()]
-    return paths
+        pairs = field_patches("customer", {**(value or {}), "country": None}, accept_country_names=accept_country_names)
+    parts: list[tuple[Path, Any]] = []
+    for path, wire in pairs:
+        if path == _ADDRESS and isinstance(wire, dict):
+            parts += [((*_ADDRESS, key), part) for key, part in wire.items()]
+        else:
+            parts.append((path, wire))
+    profile = referral.customer_profile
+    old: dict[str, Any] = {"name": profile.name if profile else None}
+    old |= profile.address.to_wire() if profile and profile.address else {}
+    # Only the parts that changed: region and addressLine2 stay as Partner Center has them.
+    return [(path, wire) for path, wire in parts if old.get(path[-1]) != wire]
 
 
 def patch_operations(
@@ -126,28 +89,26 @@ def patch_operations(
     not accept them by PATCH (it keeps its own value)."""
     terms = contract()
     document = referral.model_dump(mode="json", by_alias=True, exclude_unset=True)  # the members on the wire
-    wanted: list[tuple[str, tuple[str, ...], Any]] = []
+    wanted: list[tuple[str, Path, Any]] = []
     for field, value in changes.items():
         if field == "customer":
-            if not any(terms.is_patchable(_pointer(path)) for path in _CUSTOMER_PATHS):
-                wanted.append((field, _CUSTOMER_PATHS[0], None))  # none of it is patchable: refused whole
-                continue
-            profile = referral.customer_profile
-            old = {"name": profile.name if profile else None}
-            old |= profile.address.to_wire() if profile and profile.address else {}
-            for path, part in _customer_paths(value or {}, accept_country_names=accept_country_names):
-                if old.get(path[-1]) != part:  # only the parts that changed: region and addressLine2 stay
-                    wanted.append((field, path, part))
-            continue
-        wanted.append((field, PATHS[field], wire_value(field, value, accept_country_names=accept_country_names)))
+            pairs = _customer_patches(referral, value, accept_country_names=accept_country_names)
+        else:
+            pairs = field_patches(field, value, accept_country_names=accept_country_names)
+        wanted += [(field, path, wire) for path, wire in pairs]
+        help_path = BY_NAME["help_needed"].pc_path
         if (
             field == "help_needed"
             and asks_microsoft_for_help({"help_needed": value})
             and "visible" not in changes
-            and terms.is_patchable(_pointer(PATHS[field]))
+            and help_path is not None
+            and terms.is_patchable(_pointer(help_path))
         ):
             # Asking Microsoft for help makes it a co-sell, which is shared with Microsoft sellers.
-            wanted.append(("visible", PATHS["visible"], True))
+            wanted += [
+                ("visible", path, wire)
+                for path, wire in field_patches("visible", True, accept_country_names=accept_country_names)
+            ]
     if status is not None:
         wanted.append(("status", ("status",), status.status))
         wanted.append(("status", ("substatus",), status.substatus))
@@ -163,41 +124,34 @@ def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) 
     """The `POST /referrals` body for a CRM deal a seller chose to sync (reference 1.3, 1.5).
 
     Co-sell (help asked) and partner-led (visible) deals are shared with Microsoft sellers; a
-    private deal is not. Partner Center answers with the stored referral (Active/Accepted, Outgoing).
+    private deal is not. It carries the contract's consent flags and the customer's marketplace
+    intent (mandatory since 2026-01-05; the CRMs do not ask the seller, so "have not decided").
+    Partner Center answers with the stored referral (Active/Accepted, Outgoing).
     """
-    customer = view.get("customer") or {}
+    terms = contract()
     co_sell = asks_microsoft_for_help(view)
     shared = co_sell or bool(view.get("visible"))
-    terms = contract()
-    details: dict[str, Any] = {
-        "requirements": {
-            "solutions": wire_value("solutions", view.get("solutions"), accept_country_names=False),
-            # Mandatory since 2026-01-05; the CRMs do not ask the seller, so "have not decided".
-            "additionalRequirements": {"attributes": [terms.marketplace_intent()]},
-        }
-    }
-    for field, key in (
-        ("deal_value", "dealValue"),
-        ("currency", "currency"),
-        ("close_date", "closingDateTime"),
-        ("notes", "notes"),
-    ):
-        if view.get(field) is not None:
-            details[key] = wire_value(field, view[field], accept_country_names=False)
     body: dict[str, Any] = {
-        "name": view.get("name"),
         "externalReferenceId": crm_record_id,
         "type": "Shared" if shared else "Independent",
         "qualification": "SalesQualified",
-        "customerProfile": {
-            "name": customer.get("name"),
-            "address": _address(customer, accept_country_names=accept_country_names),
-            "team": wire_value("contacts", view.get("contacts"), accept_country_names=False),
-        },
         "consent": terms.consent_on_create(shared=shared),
-        "details": details,
-        "team": wire_value("team", view.get("team"), accept_country_names=False),
+        "details": {
+            "requirements": {"solutions": [], "additionalRequirements": {"attributes": [terms.marketplace_intent()]}}
+        },
     }
-    if co_sell:
-        body["inviteContext"] = {"assistanceRequestCode": view["help_needed"]}
+    for spec in FIELDS:
+        if spec.direction in ("both", "crm_to_pc") and view.get(spec.name) is not None:
+            for path, wire in field_patches(spec.name, view[spec.name], accept_country_names=accept_country_names):
+                _place(body, path, wire)
+    for path, wire in field_patches("visible", shared, accept_country_names=accept_country_names):
+        _place(body, path, wire)  # a co-sell is always shared with Microsoft sellers
+    if not co_sell:
+        body.pop("inviteContext", None)
     return body
+
+
+def _place(document: dict[str, Any], path: Path, value: Any) -> None:
+    for key in path[:-1]:
+        document = document.setdefault(key, {})
+    document[path[-1]] = value
