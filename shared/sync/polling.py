@@ -102,64 +102,74 @@ class _CursorRow:
 def poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer, *, max_queued: int = MAX_QUEUED_PER_POLL) -> int:
     """Enqueue every CRM record with Sync = Yes changed since the last poll; returns how many
     records this run queued (each at most once per run)."""
-    name = crm_watermark_name(crm)
-    cursor = _CursorRow(state, name)
-    queued: set[CrmRef] = set()
-
-    def queue_page(page: Sequence[ChangedRecord], stamp: dt.datetime | None) -> None:
-        key = change_key(page[0])
-        cursor.save(cursor.value.model_copy(update={"stamp": stamp, "pending": key}))
-        state.remember_page(name, key, [change_key(change) for change in page])
-        refs = list(dict.fromkeys(change.ref for change in page if change.ref not in queued))
-        queue.send_all([CrmChange(object=ref.kind, record_id=ref.id) for ref in refs])
-        queued.update(refs)
-
-    if cursor.value.pending:
-        interrupted = state.remembered_page(name, cursor.value.pending)
-        if interrupted:  # else the poll stopped before remembering it, so before queuing any of it
-            log.warning("CRM poll: queuing again a page of %d change(s) a poll did not finish", len(interrupted))
-            queue_page([parse_change_key(key) for key in interrupted], cursor.value.stamp)
-    pages = state.remembered_pages(name)
+    run = _CrmPollRun(crm, state, queue)
+    run.finish_interrupted_page()
+    pages = state.remembered_pages(run.name)
     known = {key for keys in pages.values() for key in keys}
-    feed = cursor.value.position is not None
-    since = window_start(cursor.value.stamp, crm.poll_overlap) if cursor.value.stamp and not feed else None
-    found = crm.changed_since(since, position=cursor.value.position)
-    fresh = [change for change in found.changes if change_key(change) not in known]
-    newest = cursor.value.stamp
-    complete = True
-    for start in range(0, len(fresh), PAGE_SIZE):
-        if len(queued) >= max_queued:
-            complete = False
-            break
-        page = fresh[start : start + min(PAGE_SIZE, max_queued - len(queued))]
-        newest = max(newest, page[-1].stamp) if newest else page[-1].stamp
-        queue_page(page, newest)
-        if start + len(page) < len(fresh) and len(page) < PAGE_SIZE:
-            complete = False
-            break
+    start = run.cursor.value
+    since = window_start(start.stamp, crm.poll_overlap) if start.stamp and start.position is None else None
+    found = crm.changed_since(since, position=start.position)
+    complete = run.queue_fresh([change for change in found.changes if change_key(change) not in known], max_queued)
+    newest = run.cursor.value.stamp
     if complete and found.changes:
-        latest = found.changes[-1].stamp
-        newest = max(newest, latest) if newest else latest
+        newest = max(newest, found.changes[-1].stamp) if newest else found.changes[-1].stamp
     # A feed's new position only once all it returned is queued; timestamp polling has none.
-    final = PollCursor(stamp=newest, position=found.position if complete else cursor.value.position)
-    if final != cursor.value or not cursor.exists:
-        cursor.save(final)
-    if complete and found.position is not None:
-        stale = list(pages) + [key for key in state.remembered_pages(name) if key not in pages]
-    elif since is not None:
-        boundary = stamp_key(since)
+    final = PollCursor(stamp=newest, position=found.position if complete else start.position)
+    if final != run.cursor.value or not run.cursor.exists:
+        run.cursor.save(final)
+    if complete and found.position is not None:  # the feed moved past everything remembered
+        stale = list(state.remembered_pages(run.name))
+    else:  # pages whose newest change the next window no longer reaches
+        boundary = stamp_key(since) if since else ""
         stale = [page for page, keys in pages.items() if not keys or keys[-1] < boundary]
-    else:
-        stale = []
     if stale:
-        state.forget_pages(name, stale)
-    if queued:
+        state.forget_pages(run.name, stale)
+    if run.queued:
         log.info(
             "CRM poll: %d changed record(s) enqueued%s",
-            len(queued),
+            len(run.queued),
             "" if complete else f" (stopped at {max_queued}; the next poll goes on)",
         )
-    return len(queued)
+    return len(run.queued)
+
+
+class _CrmPollRun:
+    """One run of the CRM poll: queues pages of changes, each saved before it is sent."""
+
+    def __init__(self, crm: CrmPort, state: StateStore, queue: QueueProducer) -> None:
+        self.name = crm_watermark_name(crm)
+        self.state = state
+        self.queue = queue
+        self.cursor = _CursorRow(state, self.name)
+        self.queued: set[CrmRef] = set()
+
+    def finish_interrupted_page(self) -> None:
+        pending = self.cursor.value.pending
+        interrupted = self.state.remembered_page(self.name, pending) if pending else None
+        if interrupted:  # else the poll stopped before remembering it, so before queuing any of it
+            log.warning("CRM poll: queuing again a page of %d change(s) a poll did not finish", len(interrupted))
+            self.queue_page([parse_change_key(key) for key in interrupted], self.cursor.value.stamp)
+
+    def queue_fresh(self, fresh: Sequence[ChangedRecord], max_queued: int) -> bool:
+        """Queue `fresh` page by page, up to `max_queued` records; True when all were queued."""
+        done = 0
+        while done < len(fresh):
+            room = min(PAGE_SIZE, max_queued - len(self.queued))
+            if room <= 0:
+                return False
+            page = fresh[done : done + room]
+            stamp = self.cursor.value.stamp
+            self.queue_page(page, max(stamp, page[-1].stamp) if stamp else page[-1].stamp)
+            done += len(page)
+        return True
+
+    def queue_page(self, page: Sequence[ChangedRecord], stamp: dt.datetime | None) -> None:
+        key = change_key(page[0])
+        self.cursor.save(self.cursor.value.model_copy(update={"stamp": stamp, "pending": key}))
+        self.state.remember_page(self.name, key, [change_key(change) for change in page])
+        refs = list(dict.fromkeys(change.ref for change in page if change.ref not in self.queued))
+        self.queue.send_all([CrmChange(object=ref.kind, record_id=ref.id) for ref in refs])
+        self.queued.update(refs)
 
 
 def reconcile_partner_center(
