@@ -188,8 +188,6 @@ class DataverseSimulator(Simulator):
         self.provisioned = provisioned
         self.demo_data = demo_data
         super().__init__(base_url)
-        # Entity-set routes are the catch-all: specific ones (metadata, actions) must match first.
-        self._routes.sort(key=lambda entry: "{entity_set}" in entry[1])
 
     # ---- records ---------------------------------------------------------------------------------
     def reset_records(self) -> None:

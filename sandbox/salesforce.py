@@ -255,6 +255,10 @@ class SalesforceSimulator(Simulator):
     def not_found_response(self, request: Request) -> Response:
         return json_response(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
 
+    def method_not_allowed_response(self, request: Request, allowed: list[str]) -> Response:
+        message = f"HTTP Method '{request.method}' not allowed. Allowed are {','.join(allowed)}"
+        return json_response(405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": message}])
+
     def authenticate(self, request: Request) -> str:
         if self._nested:
             return self._nested_user
@@ -687,7 +691,6 @@ class SalesforceSimulator(Simulator):
 
     # ---- REST routes -----------------------------------------------------------------------------------
     @route("GET", "/services/data")
-    @route("GET", "/services/data/")
     def versions(self, request: Request) -> Response:
         return json_response(
             200,
@@ -698,7 +701,6 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("GET", "/services/data/v{version}")
-    @route("GET", "/services/data/v{version}/")
     @_rest
     def resources(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -706,14 +708,12 @@ class SalesforceSimulator(Simulator):
         return json_response(200, {name: f"/services/data/v{version}/{name}" for name in names})
 
     @route("GET", "/services/data/v{version}/limits")
-    @route("GET", "/services/data/v{version}/limits/")
     @_rest
     def limits(self, request: Request, user: str) -> Response:
         daily = {"Max": self.daily_api_limit, "Remaining": max(0, self.daily_api_limit - self.api_usage)}
         return json_response(200, {"DailyApiRequests": daily})
 
     @route("GET", "/services/data/v{version}/sobjects")
-    @route("GET", "/services/data/v{version}/sobjects/")
     @_rest
     def describe_global(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -727,14 +727,12 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe")
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe/")
     @_rest
     def describe_object(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
         return json_response(200, definition.describe(request.path_params["version"]))
 
     @route("GET", "/services/data/v{version}/sobjects/{sobject}")
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def object_metadata(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
@@ -743,7 +741,6 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("POST", "/services/data/v{version}/sobjects/{sobject}")
-    @route("POST", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def create(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -827,9 +824,7 @@ class SalesforceSimulator(Simulator):
 
     # ---- query ------------------------------------------------------------------------------------------
     @route("GET", "/services/data/v{version}/query")
-    @route("GET", "/services/data/v{version}/query/")
     @route("GET", "/services/data/v{version}/queryAll")
-    @route("GET", "/services/data/v{version}/queryAll/")
     @_rest
     def query(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -1004,7 +999,6 @@ class SalesforceSimulator(Simulator):
         return results
 
     @route("POST", "/services/data/v{version}/composite")
-    @route("POST", "/services/data/v{version}/composite/")
     @_rest
     def composite(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1062,7 +1056,6 @@ class SalesforceSimulator(Simulator):
 
     # ---- Tooling API -------------------------------------------------------------------------------------
     @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}")
-    @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}/")
     @_rest
     def tooling_create(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1142,7 +1135,6 @@ class SalesforceSimulator(Simulator):
         return json_response(200, {"attributes": {"type": request.path_params["sobject"]}, **entry})
 
     @route("GET", "/services/data/v{version}/tooling/query")
-    @route("GET", "/services/data/v{version}/tooling/query/")
     @_rest
     def tooling_query(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
