@@ -364,6 +364,48 @@ class SalesforceSimulator(Simulator):
             return refuse("invalid_grant", "user hasn't approved this consumer")
         return self._token_answer(user)
 
+    @route("GET", "/id/{org_id}/{user_id}")
+    def identity(self, request: Request) -> Response:
+        """The identity URL a token answer names (`id`): who the token's user is."""
+        with self.lock:
+            try:
+                user_id = self.authenticate(request)
+            except SalesforceApiError:
+                return Response(403, b"Bad_OAuth_Token", {"Content-Type": "text/plain; charset=utf-8"})
+            if request.path_params["org_id"] != ORG_ID or normalize_id(request.path_params["user_id"]) != user_id:
+                return Response(403, b"Bad_Id", {"Content-Type": "text/plain; charset=utf-8"})
+            user = self.records["User"][user_id]
+        base = f"{self.base_url}/services/data/v{{version}}"
+        return json_response(
+            200,
+            {
+                "id": f"{self.base_url}/id/{ORG_ID}/{user_id}",
+                "asserted_user": True,
+                "user_id": user_id,
+                "organization_id": ORG_ID,
+                "username": user["Username"],
+                "nick_name": user["Username"].split("@")[0],
+                "display_name": user["Name"],
+                "email": user["Email"],
+                "first_name": user["FirstName"],
+                "last_name": user["LastName"],
+                "active": user["IsActive"],
+                "user_type": "STANDARD",
+                "language": "en_US",
+                "locale": "en_US",
+                "utcOffset": 0,
+                "last_modified_date": user["LastModifiedDate"],
+                "urls": {
+                    "enterprise": f"{self.base_url}/services/Soap/c/{{version}}/{ORG_ID}",
+                    "partner": f"{self.base_url}/services/Soap/u/{{version}}/{ORG_ID}",
+                    "rest": f"{base}/",
+                    "sobjects": f"{base}/sobjects/",
+                    "query": f"{base}/query/",
+                    "profile": f"{self.base_url}/{user_id}",
+                },
+            },
+        )
+
     @route("POST", "/services/Soap/u/{version}")
     def soap_login(self, request: Request) -> Response:
         try:
@@ -952,16 +994,81 @@ class SalesforceSimulator(Simulator):
         return json_response(200, self._run_collection(ids, all_or_none, remove))
 
     @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}")
+    @route("POST", "/services/data/v{version}/composite/sobjects/{sobject}")
     @_rest
     def collection_retrieve(self, request: Request, user: str) -> Response:
+        """Retrieve by ids: `?ids=&fields=` on GET, `{"ids": [], "fields": []}` on POST (for long id lists)."""
         self._current_version = request.path_params["version"]
         definition = self.object_def(request.path_params["sobject"])
-        fields = (request.arg("fields") or "Id").split(",")
+        if request.method == "POST":
+            body = self._body(request)
+            ids, fields = body.get("ids"), body.get("fields")
+        else:
+            ids = [item for item in (request.arg("ids") or "").split(",") if item]
+            fields = [item for item in (request.arg("fields") or "").split(",") if item]
+        for name, value in (("ids", ids), ("fields", fields)):
+            if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+                raise SalesforceApiError(400, "MISSING_ARGUMENT", f"{name}: give a non-empty list", [name])
+        assert isinstance(ids, list) and isinstance(fields, list)
         rows: list[JsonDict | None] = []
-        for record_id in (request.arg("ids") or "").split(","):
+        for record_id in ids:
             record = self.records[definition.name].get(normalize_id(record_id))
             rows.append(self._shape(definition, record, fields) if record and not record.get("IsDeleted") else None)
         return json_response(200, rows)
+
+    # ---- replication: get updated / get deleted --------------------------------------------------
+    def _replication_window(self, request: Request) -> tuple[dt.datetime, dt.datetime]:
+        """`start` / `end` (ISO 8601), seconds ignored as Salesforce does; at most 30 days back."""
+        window: list[dt.datetime] = []
+        for name in ("start", "end"):
+            text = request.arg(name)
+            if not text:
+                raise SalesforceApiError(400, "MISSING_ARGUMENT", f"{name} parameter must be specified", [name])
+            try:
+                moment = parse_datetime_value(text).astimezone(dt.UTC)
+            except ValueError:
+                raise SalesforceApiError(
+                    400, "INVALID_REPLICATION_DATE", f"{name} is not a valid date: {text}"
+                ) from None
+            window.append(moment.replace(second=0, microsecond=0))
+        start, end = window
+        if end <= start:
+            raise SalesforceApiError(400, "INVALID_REPLICATION_DATE", "endDate must chronologically follow startDate")
+        if start < self.now() - dt.timedelta(days=30):
+            raise SalesforceApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago")
+        return start, min(end, self.now().replace(second=0, microsecond=0) + dt.timedelta(minutes=1))
+
+    def _changed_between(self, request: Request, *, deleted: bool) -> tuple[list[JsonDict], dt.datetime, dt.datetime]:
+        definition = self.object_def(request.path_params["sobject"])
+        start, end = self._replication_window(request)
+        changed = [
+            record
+            for record in self.records[definition.name].values()
+            if bool(record.get("IsDeleted")) == deleted
+            and start <= parse_datetime_value(record["SystemModstamp"]) < end
+        ]
+        return changed, start, end
+
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/updated")
+    @_rest
+    def get_updated(self, request: Request, user: str) -> Response:
+        changed, _, end = self._changed_between(request, deleted=False)
+        return json_response(
+            200, {"ids": [record["Id"] for record in changed], "latestDateCovered": format_datetime(end)}
+        )
+
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/deleted")
+    @_rest
+    def get_deleted(self, request: Request, user: str) -> Response:
+        changed, start, end = self._changed_between(request, deleted=True)
+        return json_response(
+            200,
+            {
+                "deletedRecords": [{"id": item["Id"], "deletedDate": item["SystemModstamp"]} for item in changed],
+                "earliestDateAvailable": format_datetime(start),
+                "latestDateCovered": format_datetime(end),
+            },
+        )
 
     def _collection_records(self, body: JsonDict) -> list[JsonDict]:
         records = body.get("records")
