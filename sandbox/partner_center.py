@@ -591,7 +591,7 @@ class PartnerCenterSimulator(Simulator):
             raise ApiError(412, "preconditionFailed", "The resource has been modified since it was read.", "referral")
 
     # ---- referrals: routes ------------------------------------------------------------------------
-    @route("GET", REFERRALS_PATH)
+    @route("GET", REFERRALS_PATH, query=["$filter", "$orderby", "$top", "$skiptoken"])
     def list_referrals(self, request: Request) -> Response:
         try:
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)

@@ -26,6 +26,7 @@ gets Salesforce's documented answers (tests/salesforce/test_simulator_with_simpl
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime as dt
 import functools
@@ -255,6 +256,12 @@ class SalesforceSimulator(Simulator):
     def not_found_response(self, request: Request) -> Response:
         return json_response(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
 
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        # Salesforce itself ignores most parameters it does not know; the sandbox refuses them so that
+        # a client relying on one the simulator lacks finds out (the error code is the sandbox's choice).
+        message = f"Unsupported query parameter '{name}' for this resource"
+        return json_response(400, [{"errorCode": "INVALID_QUERY_PARAMETER", "message": message}])
+
     def method_not_allowed_response(self, request: Request, allowed: list[str]) -> Response:
         message = f"HTTP Method '{request.method}' not allowed. Allowed are {','.join(allowed)}"
         return json_response(405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": message}])
@@ -364,13 +371,19 @@ class SalesforceSimulator(Simulator):
             return refuse("invalid_grant", "user hasn't approved this consumer")
         return self._token_answer(user)
 
-    @route("GET", "/id/{org_id}/{user_id}")
+    @route("GET", "/id/{org_id}/{user_id}", query=["format", "oauth_token"])
     def identity(self, request: Request) -> Response:
-        """The identity URL a token answer names (`id`): who the token's user is."""
+        """The identity URL a token answer names (`id`): who the token's user is (JSON only here)."""
+        if (request.arg("format") or "json") != "json":
+            return Response(406, b"Bad_Format: the sandbox answers format=json only", {"Content-Type": "text/plain"})
         with self.lock:
-            try:
-                user_id = self.authenticate(request)
-            except SalesforceApiError:
+            # The token comes as a bearer header or, documented for this URL, as `oauth_token`.
+            token = request.arg("oauth_token")
+            user_id = self.sessions.get(token) if token else None
+            if user_id is None and token is None:
+                with contextlib.suppress(SalesforceApiError):
+                    user_id = self.authenticate(request)
+            if user_id is None:
                 return Response(403, b"Bad_OAuth_Token", {"Content-Type": "text/plain; charset=utf-8"})
             if request.path_params["org_id"] != ORG_ID or normalize_id(request.path_params["user_id"]) != user_id:
                 return Response(403, b"Bad_Id", {"Content-Type": "text/plain; charset=utf-8"})
@@ -793,7 +806,7 @@ class SalesforceSimulator(Simulator):
             {"Location": self._record_url(request.path_params["sobject"], record_id)},
         )
 
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}", query=["fields"])
     @_rest
     def get_record(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -865,8 +878,8 @@ class SalesforceSimulator(Simulator):
         return body
 
     # ---- query ------------------------------------------------------------------------------------------
-    @route("GET", "/services/data/v{version}/query")
-    @route("GET", "/services/data/v{version}/queryAll")
+    @route("GET", "/services/data/v{version}/query", query=["q"])
+    @route("GET", "/services/data/v{version}/queryAll", query=["q"])
     @_rest
     def query(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -975,7 +988,7 @@ class SalesforceSimulator(Simulator):
 
         return json_response(200, self._run_collection(records, bool(body.get("allOrNone")), write))
 
-    @route("DELETE", "/services/data/v{version}/composite/sobjects")
+    @route("DELETE", "/services/data/v{version}/composite/sobjects", query=["ids", "allOrNone"])
     @_rest
     def collection_delete(self, request: Request, user: str) -> Response:
         ids = [value for value in (request.arg("ids") or "").split(",") if value]
@@ -993,7 +1006,7 @@ class SalesforceSimulator(Simulator):
         all_or_none = (request.arg("allOrNone") or "false").lower() == "true"
         return json_response(200, self._run_collection(ids, all_or_none, remove))
 
-    @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}")
+    @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}", query=["ids", "fields"])
     @route("POST", "/services/data/v{version}/composite/sobjects/{sobject}")
     @_rest
     def collection_retrieve(self, request: Request, user: str) -> Response:
@@ -1049,7 +1062,7 @@ class SalesforceSimulator(Simulator):
         ]
         return changed, start, end
 
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/updated")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/updated", query=["start", "end"])
     @_rest
     def get_updated(self, request: Request, user: str) -> Response:
         changed, _, end = self._changed_between(request, deleted=False)
@@ -1057,7 +1070,7 @@ class SalesforceSimulator(Simulator):
             200, {"ids": [record["Id"] for record in changed], "latestDateCovered": format_datetime(end)}
         )
 
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/deleted")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/deleted", query=["start", "end"])
     @_rest
     def get_deleted(self, request: Request, user: str) -> Response:
         changed, start, end = self._changed_between(request, deleted=True)
@@ -1152,12 +1165,9 @@ class SalesforceSimulator(Simulator):
             body=json.dumps(body).encode() if body is not None else b"",
             raw_query=query,
         )
-        _, handler = self._match(request)
-        if handler is None:
-            return self.not_found_response(request)
         self._nested, self._nested_user = True, user
         try:
-            return handler(self, request)
+            return self.dispatch(request)
         finally:
             self._nested = False
 
@@ -1241,7 +1251,7 @@ class SalesforceSimulator(Simulator):
             raise SalesforceApiError(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(200, {"attributes": {"type": request.path_params["sobject"]}, **entry})
 
-    @route("GET", "/services/data/v{version}/tooling/query")
+    @route("GET", "/services/data/v{version}/tooling/query", query=["q"])
     @_rest
     def tooling_query(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]

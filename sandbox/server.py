@@ -89,12 +89,19 @@ SimulatorT = TypeVar("SimulatorT", bound="Simulator")
 SubclassHandler = Callable[[SimulatorT, Request], Response]
 
 
-def route(method: str, pattern: str) -> Callable[[SubclassHandler[SimulatorT]], SubclassHandler[SimulatorT]]:
-    """Mark a Simulator method (of any subclass) as the handler of `METHOD /path/{param}`."""
+def route(
+    method: str, pattern: str, *, query: Iterable[str] = ()
+) -> Callable[[SubclassHandler[SimulatorT]], SubclassHandler[SimulatorT]]:
+    """Mark a Simulator method (of any subclass) as the handler of `METHOD /path/{param}`.
+
+    `query` names the query options the handler implements; any other one is refused with the
+    simulator's `unknown_option_response` before the handler runs (unknown means refused, never
+    a 200 that ignored it).
+    """
 
     def mark(handler: SubclassHandler[SimulatorT]) -> SubclassHandler[SimulatorT]:
-        routes: list[tuple[str, str]] = getattr(handler, "_routes", [])
-        routes.append((method.upper(), pattern))
+        routes: list[tuple[str, str, frozenset[str]]] = getattr(handler, "_routes", [])
+        routes.append((method.upper(), pattern, frozenset(query)))
         handler._routes = routes  # type: ignore[attr-defined]
         return handler
 
@@ -161,11 +168,12 @@ class Simulator:
         self._log: list[LoggedRequest] = []
         self.errors: list[str] = []  # handler exceptions (answered 500); tests assert there are none
         self._random = random.Random(0)
-        self._handlers: dict[tuple[str, str], tuple[str, Handler]] = {}  # (method, rule) -> (pattern, handler)
+        # (method, rule) -> (declared pattern, handler, query options it implements)
+        self._handlers: dict[tuple[str, str], tuple[str, Handler, frozenset[str]]] = {}
         for klass in reversed(type(self).__mro__):
             for attribute in vars(klass).values():
-                for method, pattern in getattr(attribute, "_routes", []):
-                    self._handlers.setdefault((method, _rule_text(pattern)), (pattern, attribute))
+                for method, pattern, query in getattr(attribute, "_routes", []):
+                    self._handlers.setdefault((method, _rule_text(pattern)), (pattern, attribute, query))
         rules: dict[str, set[str]] = {}
         for method, rule in self._handlers:
             rules.setdefault(rule, set()).add(method)
@@ -191,6 +199,11 @@ class Simulator:
 
     def not_found_response(self, request: Request) -> Response:
         return json_response(404, {"error": {"code": "NotFound", "message": f"No route {request.path}"}})
+
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        """A query option this resource does not implement (the real services' 400 for an unknown one)."""
+        message = f"The query parameter '{name}' is not supported."
+        return json_response(400, {"error": {"code": "BadRequest", "message": message}})
 
     def method_not_allowed_response(self, request: Request, allowed: list[str]) -> Response:
         """A known resource asked with a method it does not take (the `Allow` header is added for you)."""
@@ -266,21 +279,34 @@ class Simulator:
                 return fault
         return None
 
-    def _route(self, request: Request) -> tuple[str, Handler | list[str] | None]:
-        """(declared pattern, handler) for the request; a list of allowed methods when only the method is wrong."""
+    def _route(self, request: Request) -> tuple[str, Handler | list[str] | None, frozenset[str]]:
+        """(declared pattern, handler, its query options); a list of allowed methods when only the method is wrong."""
         method = "GET" if request.method == "HEAD" else request.method
         try:
             rule, params = self._router.match(request.path, method=method)
         except MethodNotAllowed as refused:
-            return request.path, sorted(refused.valid_methods or [])
+            return request.path, sorted(refused.valid_methods or []), frozenset()
         except NotFound:
-            return request.path, None
+            return request.path, None, frozenset()
         request.path_params = dict(params)
         return self._handlers[(method, rule)]
 
-    def _match(self, request: Request) -> tuple[str, Handler | None]:
-        pattern, handler = self._route(request)
-        return pattern, handler if callable(handler) else None
+    def dispatch(self, request: Request) -> Response:
+        """The route's answer, without faults or the request log (also for composite / batch subrequests)."""
+        _, found, options = self._route(request)
+        return self._answer(request, found, options)
+
+    def _answer(self, request: Request, found: Handler | list[str] | None, options: frozenset[str]) -> Response:
+        unknown = sorted(set(request.query) - options) if not request.path.startswith("/_sandbox/") else []
+        if callable(found) and unknown:
+            return self.unknown_option_response(request, unknown[0])
+        if callable(found):
+            return found(self, request)
+        if found:
+            response = self.method_not_allowed_response(request, found)
+            response.headers["Allow"] = ", ".join(found)
+            return response
+        return self.not_found_response(request)
 
     def wsgi(self, environ: JsonDict, start_response: StartResponse) -> Iterable[bytes]:
         request = read_request(environ)
@@ -293,7 +319,7 @@ class Simulator:
 
     def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        pattern, found = self._route(request)
+        pattern, found, options = self._route(request)
         fault = self._take_fault(request)
         response: Response | None = None
         if fault is not None:
@@ -304,13 +330,7 @@ class Simulator:
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = str(fault.retry_after)
         if response is None:
-            if callable(found):
-                response = found(self, request)
-            elif found:
-                response = self.method_not_allowed_response(request, found)
-                response.headers["Allow"] = ", ".join(found)
-            else:
-                response = self.not_found_response(request)
+            response = self._answer(request, found, options)
         if request.path.startswith("/_sandbox/"):
             return response  # the control API is not part of what a test counts
         with self.lock:

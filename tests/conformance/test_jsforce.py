@@ -39,7 +39,8 @@ CASES: dict[str, str] = {
     "upsert by external id: insert, then update": DOCS + "dome_upsert.htm",
     "sObject Collections: create, update, retrieve, delete": DOCS + "resources_composite_sobjects_collections.htm",
     "sObject Collections: retrieve by GET": DOCS + "resources_composite_sobjects_collections_retrieve.htm",
-    "sObject Collections: allOrNone rolls every record back": DOCS + "resources_composite_sobjects_collections_create.htm",
+    "sObject Collections: allOrNone rolls every record back": DOCS
+    + "resources_composite_sobjects_collections_create.htm",
     "composite: references between subrequests and allOrNone": DOCS + "resources_composite_composite.htm",
     "get updated and get deleted": DOCS + "resources_getupdated.htm",
     "errors: unknown field, unknown object, malformed SOQL, missing record": DOCS + "errorcodes.htm",
