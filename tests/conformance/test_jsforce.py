@@ -7,13 +7,8 @@ against a fresh simulator; a failure names the page and what jsforce got.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import jwt
 import pytest
@@ -21,9 +16,8 @@ import pytest
 from sandbox import credentials
 from sandbox.salesforce import SalesforceSimulator, jwt_signing_key_path
 from sandbox.server import RunningServer, serve
-from sandbox.tls import ensure_ca
+from tests.conformance.node_cases import Outcome, run_node_cases
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCS = "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/"
 CASES: dict[str, str] = {
     "login: SOAP username + password + security token": "https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_login.htm",
@@ -63,12 +57,8 @@ def _assertion(audience: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def results(server: RunningServer) -> dict[str, dict[str, object]]:
-    node = shutil.which("node")
-    assert node, "Node.js 20 is required (see README Prerequisites)"
+def results(server: RunningServer) -> dict[str, Outcome]:
     environment = {
-        **os.environ,
-        "NODE_EXTRA_CA_CERTS": str(ensure_ca().cert_path),
         "SF_URL": server.url,
         "SF_USERNAME": credentials.SALESFORCE_USERNAME,
         "SF_PASSWORD": credentials.SALESFORCE_PASSWORD,
@@ -77,16 +67,10 @@ def results(server: RunningServer) -> dict[str, dict[str, object]]:
         "SF_CLIENT_SECRET": credentials.SALESFORCE_CLIENT_SECRET,
         "SF_JWT": _assertion(server.url),
     }
-    script = Path(__file__).with_name("jsforce_cases.cjs")
-    finished = subprocess.run(
-        [node, str(script), *CASES], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
-    )
-    assert finished.returncode == 0, finished.stderr
-    parsed: dict[str, dict[str, object]] = json.loads(finished.stdout)
-    return parsed
+    return run_node_cases("jsforce_cases.cjs", list(CASES), environment)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_jsforce(results: dict[str, dict[str, object]], case: str) -> None:
+def test_jsforce(results: dict[str, Outcome], case: str) -> None:
     outcome = results[case]
     assert outcome["ok"], f"{case} (documented at {CASES[case]}): jsforce got {outcome['detail']}"
