@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import datetime as dt
 import functools
 import itertools
@@ -56,6 +55,7 @@ from sandbox.salesforce_model import (
     add_custom_object,
     coerce,
     format_datetime,
+    id_checksum,
     normalize_id,
     parse_datetime_value,
     standard_objects,
@@ -1083,6 +1083,12 @@ class SalesforceSimulator(Simulator):
             },
         )
 
+    def _snapshot(self) -> dict[str, dict[str, JsonDict]]:
+        """Every record as it is now, for an allOrNone rollback: field values are immutable
+        (strings, numbers, booleans), so a copy of each record's dict is enough, and far cheaper
+        than a deep copy."""
+        return {name: {key: dict(record) for key, record in table.items()} for name, table in self.records.items()}
+
     def _collection_records(self, body: JsonDict) -> list[JsonDict]:
         records = body.get("records")
         if not isinstance(records, list) or not records:
@@ -1096,7 +1102,7 @@ class SalesforceSimulator(Simulator):
     def _run_collection(
         self, items: list[Any], all_or_none: bool, operation: Callable[[Any], JsonDict]
     ) -> list[JsonDict]:
-        snapshot = copy.deepcopy(self.records) if all_or_none else None
+        snapshot = self._snapshot() if all_or_none else None
         results: list[JsonDict] = []
         failed = False
         for item in items:
@@ -1128,7 +1134,7 @@ class SalesforceSimulator(Simulator):
                 400, "INVALID_FIELD", "compositeRequest: give 1 to 25 subrequests", ["compositeRequest"]
             )
         all_or_none = bool(body.get("allOrNone"))
-        snapshot = copy.deepcopy(self.records) if all_or_none else None
+        snapshot = self._snapshot() if all_or_none else None
         results: dict[str, Any] = {}
         responses: list[JsonDict] = []
         failed = False
@@ -1399,6 +1405,7 @@ class _QueryExecutor:
         self.objects = objects
         self.records = records
         self.include_deleted = include_deleted
+        self._resolved: dict[tuple[str, str], tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]] = {}
 
     def object_def(self, name: str) -> ObjectDef:
         found = next((definition for key, definition in self.objects.items() if key.lower() == name.lower()), None)
@@ -1413,7 +1420,13 @@ class _QueryExecutor:
         return found
 
     def resolve(self, definition: ObjectDef, path: FieldPath) -> tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]:
-        """The relationship hops and the final field of `path`, or INVALID_FIELD."""
+        """The relationship hops and the final field of `path`, or INVALID_FIELD (once per query and path)."""
+        key = (definition.name, path.text)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(definition, path)
+        return self._resolved[key]
+
+    def _resolve(self, definition: ObjectDef, path: FieldPath) -> tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]:
         hops: list[tuple[FieldDef, ObjectDef]] = []
         current = definition
         for part in path.parts[:-1]:
@@ -1443,9 +1456,12 @@ class _QueryExecutor:
         for item in query.fields:
             if isinstance(item, FieldPath):
                 self.resolve(definition, item)
+        table = self.records.get(definition.name, {})
+        ids = _ids_wanted(query.where)
+        rows = table.values() if ids is None else [table[key] for key in ids if key in table]
         candidates = [
             record
-            for record in self.records.get(definition.name, {}).values()
+            for record in rows
             if (self.include_deleted or not record.get("IsDeleted"))
             and (parent is None or record.get(parent[0]) == parent[1])
         ]
@@ -1535,6 +1551,19 @@ class _QueryExecutor:
         assert isinstance(condition, Comparison)
         stored, item = self.value(definition, record, condition.path)
         return _compare(item, stored, condition.operator, condition.value, condition.path.text)
+
+
+def _ids_wanted(condition: Any) -> list[str] | None:
+    """The record ids a WHERE clause limits the rows to (`Id = '...'` / `Id IN (...)` at its top level,
+    alone or AND-ed), so that such a query reads those rows instead of the whole table; None if it does not."""
+    if isinstance(condition, BoolOp) and condition.operator == "AND":
+        return next((found for found in map(_ids_wanted, condition.operands) if found is not None), None)
+    if isinstance(condition, Comparison) and condition.path.parts == ["Id"] and condition.operator in ("=", "IN"):
+        values = condition.value if condition.operator == "IN" else [condition.value]
+        if all(isinstance(value, str) for value in values):
+            # Ids compare on their first 15 characters (the 18-character suffix is a checksum).
+            return [prefix + id_checksum(prefix) for prefix in dict.fromkeys(value[:15] for value in values)]
+    return None
 
 
 def _invalid_field(name: str, object_name: str) -> SalesforceApiError:
