@@ -43,18 +43,6 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from sandbox import credentials
 from sandbox.dataverse_batch import BatchRequest, ChangeSet, PartResponse, format_batch, parse_batch
-from sandbox.dataverse_odata import (
-    QUERY_ERROR_CODE,
-    ODataError,
-    QueryOptions,
-    evaluate,
-    parse_datetime,
-    parse_options,
-    properties_of,
-    query_error,
-    sort_key,
-    split_top_level,
-)
 from sandbox.dataverse_tables import (
     ATTRIBUTE_METADATA_TYPES,
     LOOKUP_TYPES,
@@ -67,6 +55,18 @@ from sandbox.dataverse_tables import (
     label_text,
     new_metadata_id,
     standard_tables,
+)
+from sandbox.odata import (
+    QUERY_ERROR_CODE,
+    ODataError,
+    QueryOptions,
+    evaluate,
+    parse_datetime,
+    parse_options,
+    properties_of,
+    query_error,
+    sort_key,
+    split_top_level,
 )
 from sandbox.server import Handler, JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from shared.crm.dynamics_schema import load_schema
