@@ -11,7 +11,11 @@ under `self.lock`, and gets the stable control API of ARCHITECTURE.md for free:
 
 Faults are applied before the route runs, so an injected 429 never reaches a handler. The error
 body of an injected status is the simulator's own (`fault_response`), so clients see exactly what
-the real service would send.
+the real service would send. A route names the query options it implements (`query=[...]`); any
+other is refused with `unknown_option_response` before the handler runs.
+
+The HTTP layer (`HttpServer`, also used by the local Functions host) is werkzeug routing served by
+cheroot: HTTP/1.1 with TLS, keep-alive, chunked request bodies, `Expect: 100-continue`, HEAD.
 """
 
 from __future__ import annotations
@@ -370,9 +374,9 @@ def read_request(environ: JsonDict) -> Request:
 def write_response(
     environ: JsonDict, start_response: StartResponse, status: int, headers: Iterable[tuple[str, str]], body: bytes
 ) -> list[bytes]:
-    """Start the WSGI response: Content-Length set here (never on 1xx/204), no body for HEAD."""
+    """Start the WSGI response: Content-Length set here (never on 1xx/204/304), no body for HEAD."""
     sent = [(name, value) for name, value in headers if name.lower() != "content-length"]
-    if status >= 200 and status != 204:
+    if status >= 200 and status not in (204, 304):
         sent.append(("Content-Length", str(len(body))))
     start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown')}", sent)
     return [] if environ["REQUEST_METHOD"] == "HEAD" or status in (204, 304) else [body]
@@ -397,6 +401,7 @@ class HttpServer:
     def __init__(self, app: WSGIApp, *, host: str, port: int, tls: CertificateFiles | None, name: str) -> None:
         self._server = _Cheroot((host, port), app, numthreads=_WORKER_THREADS, server_name=name)
         self._server.keep_alive_conn_limit = 1000  # cheroot's default (10) would close busy clients' connections
+        self._server.timeout = 120  # idle keep-alive connections live as long as behind the real services' front doors
         if tls is not None:
             self._server.ssl_adapter = BuiltinSSLAdapter(str(tls.cert_path), str(tls.key_path))
         self._server.prepare()  # binds now, so that port 0 becomes a real port before `start`
