@@ -7,6 +7,7 @@ Tests build their own objects from `Settings` instead of going through these pro
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,14 @@ def storage() -> StorageAccount:
     return StorageAccount.from_settings(settings())
 
 
+def clock() -> dt.datetime:
+    """The one clock of the engine and the state store (tests inject their own into both)."""
+    return dt.datetime.now(dt.UTC)
+
+
 @functools.cache
 def state_store() -> StateStore:
-    return StateStore(storage())
+    return StateStore(storage(), clock=clock)
 
 
 @functools.cache
@@ -84,7 +90,7 @@ def partner_center() -> PartnerCenterClient:
 def sync_engine() -> SyncEngine:
     from shared.sync.engine import SyncEngine
 
-    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
+    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm(), clock=clock)
 
 
 def reset() -> None:
