@@ -115,9 +115,14 @@ def _scenarios(pid: int, info: dict[str, Any], count: int) -> list[Figure]:
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the sandbox CA (and proxies never apply to loopback)
     session.verify = info["ca"]
-    figures: list[Figure] = []
+    calls = [*_salesforce_calls(session, info), *_dataverse_calls(session, info), *_partner_center_calls(session, info)]
+    return [_measure(pid, name, count, call) for name, call in calls]
 
-    # ---- Salesforce ----
+
+Call = tuple[str, Callable[[int], None]]
+
+
+def _salesforce_calls(session: requests.Session, info: dict[str, Any]) -> list[Call]:
     sf = info["salesforce"]
     token = _check(
         session.post(
@@ -183,17 +188,17 @@ def _scenarios(pid: int, info: dict[str, Any], count: int) -> list[Figure]:
             fresh.verify = info["ca"]
             _check(fresh.get(f"{api}/sobjects/Opportunity/{opportunity_id}", headers=sf_headers), 200)
 
-    for name, call in [
+    return [
         ("salesforce query", sf_query),
         ("salesforce get", sf_get),
         ("salesforce create", sf_create),
         ("salesforce update", sf_update),
         ("salesforce composite (2 subrequests)", sf_composite),
         ("salesforce get, new TLS connection each", sf_get_new_connection),
-    ]:
-        figures.append(_measure(pid, name, count, call))
+    ]
 
-    # ---- Dataverse ----
+
+def _dataverse_calls(session: requests.Session, info: dict[str, Any]) -> list[Call]:
     dv = f"{info['dataverse']}/api/data/v9.2"
     dv_headers = {"Authorization": f"Bearer {info['dataverse_token']}", "Accept": "application/json"}
     created = _check(session.post(f"{dv}/accounts", json={"name": "Bench"}, headers=dv_headers), 204)
@@ -212,15 +217,15 @@ def _scenarios(pid: int, info: dict[str, Any], count: int) -> list[Figure]:
     def dv_update(index: int) -> None:
         _check(session.patch(f"{dv}/accounts({dv_account})", json={"name": f"Bench {index}"}, headers=dv_headers), 204)
 
-    for name, call in [
+    return [
         ("dataverse query", dv_query),
         ("dataverse get", dv_get),
         ("dataverse create", dv_create),
         ("dataverse update", dv_update),
-    ]:
-        figures.append(_measure(pid, name, count, call))
+    ]
 
-    # ---- Partner Center ----
+
+def _partner_center_calls(session: requests.Session, info: dict[str, Any]) -> list[Call]:
     pc = f"{info['partner_center']}/v1.0/engagements/referrals"
     pc_headers = {"Authorization": f"Bearer {info['pc_token']}"}
     referral = _check(
@@ -250,9 +255,7 @@ def _scenarios(pid: int, info: dict[str, Any], count: int) -> list[Figure]:
         operations = [{"op": "replace", "path": "/name", "value": f"Bench referral {index}"}]
         _check(session.patch(referral_url, json=operations, headers=pc_headers), 200, 204)
 
-    for name, call in [("partner center referral GET", pc_get), ("partner center referral PATCH", pc_patch)]:
-        figures.append(_measure(pid, name, count, call))
-    return figures
+    return [("partner center referral GET", pc_get), ("partner center referral PATCH", pc_patch)]
 
 
 def main(argv: list[str] | None = None) -> int:
