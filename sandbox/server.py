@@ -390,6 +390,15 @@ class _Cheroot(cheroot.wsgi.Server):
         _log.log(level if level >= logging.ERROR else logging.DEBUG, "%s", msg, exc_info=traceback)
 
 
+class _HandshakeInWorker(BuiltinSSLAdapter):
+    """cheroot does the TLS handshake in its one accept loop, so a slow handshake would hold up every
+    connection of the server; deferred, OpenSSL does it on the worker thread's first read."""
+
+    def wrap(self, sock: socket.socket) -> tuple[Any, JsonDict]:
+        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+
 class HttpServer:
     """A threaded HTTP/1.1 server (cheroot) for one WSGI app, optionally over TLS.
 
@@ -403,7 +412,7 @@ class HttpServer:
         self._server.keep_alive_conn_limit = 1000  # cheroot's default (10) would close busy clients' connections
         self._server.timeout = 120  # idle keep-alive connections live as long as behind the real services' front doors
         if tls is not None:
-            self._server.ssl_adapter = BuiltinSSLAdapter(str(tls.cert_path), str(tls.key_path))
+            self._server.ssl_adapter = _HandshakeInWorker(str(tls.cert_path), str(tls.key_path))
         self._server.prepare()  # binds now, so that port 0 becomes a real port before `start`
         self.host = host
         self.port = int(self._server.bind_addr[1])

@@ -7,6 +7,7 @@ simulator stands in for all of them here (tests/e2e/test_local_host.py proves th
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
@@ -94,6 +95,18 @@ def test_a_known_resource_asked_with_another_method_is_405_with_allow(wire: Wire
     response = wire.read_response()
     assert response.status == 405
     assert {item.strip() for item in response.headers["allow"].split(",")} == {"GET", "HEAD"}
+
+
+def test_a_client_stuck_in_its_tls_handshake_holds_up_no_one(server: RunningServer, wire: WireConnection) -> None:
+    """The handshake runs on the connection's worker thread, not in the accept loop every connection shares."""
+    silent = socket.create_connection(("127.0.0.1", server.port))  # TCP only: never sends a ClientHello
+    try:
+        fresh = WireConnection(server.url)
+        fresh.send("GET", "/services/data")
+        assert fresh.read_response().status == 200
+        fresh.close()
+    finally:
+        silent.close()
 
 
 def test_stopping_closes_idle_keep_alive_connections() -> None:
