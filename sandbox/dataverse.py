@@ -43,19 +43,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from sandbox import credentials
 from sandbox.dataverse_batch import BatchRequest, ChangeSet, PartResponse, format_batch, parse_batch
-from sandbox.dataverse_odata import (
-    QUERY_ERROR_CODE,
-    ODataError,
-    QueryOptions,
-    evaluate,
-    parse_datetime,
-    parse_options,
-    properties_of,
-    query_error,
-    sort_key,
-    split_top_level,
-)
 from sandbox.dataverse_tables import (
+    ATTRIBUTE_METADATA_TYPES,
     LOOKUP_TYPES,
     ColumnDef,
     KeyDef,
@@ -67,6 +56,18 @@ from sandbox.dataverse_tables import (
     new_metadata_id,
     standard_tables,
 )
+from sandbox.odata import (
+    QUERY_ERROR_CODE,
+    ODataError,
+    QueryOptions,
+    evaluate,
+    parse_datetime,
+    parse_options,
+    properties_of,
+    query_error,
+    sort_key,
+    split_top_level,
+)
 from sandbox.server import Handler, JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from shared.crm.dynamics_schema import load_schema
 
@@ -77,6 +78,11 @@ CONCURRENCY_CODE = "0x80060882"
 VALIDATION_CODE = "0x80044331"
 INVALID_ARGUMENT_CODE = "0x80040203"
 MAX_PAGE_SIZE = 5000
+# The query options each kind of resource implements; any other one (`fetchXml`, `sql`, `$apply`,
+# `$search`, `$skip`, parameter aliases...) is refused with the 400 Dataverse gives an unknown one.
+RECORD_OPTIONS = ("$select", "$expand")
+LIST_OPTIONS = ("$select", "$expand", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken")
+METADATA_LIST_OPTIONS = ("$select", "$expand", "$filter")
 KEY_BUILD_SECONDS = 0.3  # alternate-key indexes build asynchronously: Pending, then Active
 
 # Service-protection bodies (crm-apis.md B4) for injected faults.
@@ -188,8 +194,6 @@ class DataverseSimulator(Simulator):
         self.provisioned = provisioned
         self.demo_data = demo_data
         super().__init__(base_url)
-        # Entity-set routes are the catch-all: specific ones (metadata, actions) must match first.
-        self._routes.sort(key=lambda entry: "{entity_set}" in entry[1])
 
     # ---- records ---------------------------------------------------------------------------------
     def reset_records(self) -> None:
@@ -267,6 +271,9 @@ class DataverseSimulator(Simulator):
         return error_response(404, QUERY_ERROR_CODE, f"Resource not found for the segment '{request.path}'.")
 
     # ---- auth ------------------------------------------------------------------------------------
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        return error_response(400, QUERY_ERROR_CODE, f"The query parameter {name} is not supported")
+
     def www_authenticate(self) -> str:
         return f"Bearer authorization_uri=https://127.0.0.1:{credentials.IDENTITY_PORT}/{credentials.TENANT_ID}/oauth2/authorize, resource_id={self.base_url}/"
 
@@ -686,11 +693,7 @@ class DataverseSimulator(Simulator):
         inner = Request(
             part.method, path, parse_qs(split.query, keep_blank_values=True), headers, body, raw_query=split.query
         )
-        _, handler = self._match(inner)
-        if handler is None or path.endswith("/$batch"):
-            response = self.not_found_response(inner)
-        else:
-            response = handler(self, inner)
+        response = self.not_found_response(inner) if path.endswith("/$batch") else self.dispatch(inner)
         if part.content_id and "OData-EntityId" in response.headers:
             references[part.content_id] = response.headers["OData-EntityId"]
         return PartResponse(response.status, response.headers, response.body, part.content_id)
@@ -791,7 +794,7 @@ class DataverseSimulator(Simulator):
         context = f"{self.base_url}{API}/$metadata#Collection(Microsoft.Dynamics.CRM.crmbaseentity)"
         return json_response(200, {"@odata.context": context, "value": created}, _odata_headers())
 
-    @route("GET", API + r"/{entity_set}\({key}\)")
+    @route("GET", API + r"/{entity_set}\({key}\)", query=RECORD_OPTIONS)
     @api
     def retrieve(self, request: Request, caller: Caller) -> Response:
         table = self.table_by_set(request.path_params["entity_set"])
@@ -805,7 +808,7 @@ class DataverseSimulator(Simulator):
         annotations = "odata.include-annotations" in _parse_prefer(request)
         return json_response(200, self.render(table, record, options, annotations, context=True), _odata_headers())
 
-    @route("PATCH", API + r"/{entity_set}\({key}\)")
+    @route("PATCH", API + r"/{entity_set}\({key}\)", query=RECORD_OPTIONS)
     @api
     def patch(self, request: Request, caller: Caller) -> Response:
         table = self.table_by_set(request.path_params["entity_set"])
@@ -876,7 +879,7 @@ class DataverseSimulator(Simulator):
         self.delete(table, str(record[table.primary_id]))
         return empty_response(204, _odata_headers())
 
-    @route("POST", API + "/{entity_set}")
+    @route("POST", API + "/{entity_set}", query=RECORD_OPTIONS)
     @api
     def create(self, request: Request, caller: Caller) -> Response:
         table = self.table_by_set(request.path_params["entity_set"])
@@ -889,7 +892,7 @@ class DataverseSimulator(Simulator):
             return json_response(201, self.render(table, record, options, False, context=True), headers)
         return empty_response(204, {**_odata_headers(), "OData-EntityId": url})
 
-    @route("GET", API + "/{entity_set}")
+    @route("GET", API + "/{entity_set}", query=LIST_OPTIONS)
     @api
     def list_records(self, request: Request, caller: Caller) -> Response:
         table = self.table_by_set(request.path_params["entity_set"])
@@ -1033,6 +1036,9 @@ class DataverseSimulator(Simulator):
             "PrimaryIdAttribute": table.primary_id,
             "PrimaryNameAttribute": table.primary_name,
             "IsCustomEntity": table.custom,
+            "IsPrivate": False,
+            "IsActivity": False,
+            "IsIntersect": False,
             "OwnershipType": table.ownership,
             "ChangeTrackingEnabled": table.change_tracking,
             "IsOptimisticConcurrencyEnabled": True,
@@ -1067,26 +1073,25 @@ class DataverseSimulator(Simulator):
         projected: JsonDict = {name: value for name, value in item.items() if name in keep or name == "MetadataId"}
         for navigation, inner in options.expand.items():
             children = item.get(navigation)
+            if isinstance(children, dict):  # single-valued, e.g. a picklist's OptionSet
+                projected[navigation] = self._project(children, inner)
+                continue
             if not isinstance(children, list):
                 raise query_error(f"Could not find a property named '{navigation}' on type 'EntityMetadata'.")
-            if inner.filter is not None:
-                children = [child for child in children if evaluate(inner.filter, child)]
-            projected[navigation] = [self._project(child, inner) for child in children]
+            projected[navigation] = [self._project(child, inner) for child in _filter_metadata(children, inner, "")]
         return projected
 
-    @route("GET", API + "/EntityDefinitions")
+    @route("GET", API + "/EntityDefinitions", query=METADATA_LIST_OPTIONS)
     @api
     def list_entity_definitions(self, request: Request, caller: Caller) -> Response:
         options = parse_options(request.arg)
-        items = [self._entity_metadata(table) for table in self.tables.values()]
-        if options.filter is not None:
-            items = [item for item in items if evaluate(options.filter, item)]
+        items = _filter_metadata([self._entity_metadata(table) for table in self.tables.values()], options, "Entity")
         value = [self._project(item, options) for item in items]
         return json_response(
             200, {"@odata.context": f"{self.base_url}{API}/$metadata#EntityDefinitions", "value": value}
         )
 
-    @route("GET", API + r"/EntityDefinitions\({key}\)")
+    @route("GET", API + r"/EntityDefinitions\({key}\)", query=RECORD_OPTIONS)
     @api
     def get_entity_definition(self, request: Request, caller: Caller) -> Response:
         table = self._metadata_table(request.path_params["key"])
@@ -1179,22 +1184,33 @@ class DataverseSimulator(Simulator):
             custom=True,
         )
 
-    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes")
+    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes", query=METADATA_LIST_OPTIONS)
+    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes/{cast}", query=METADATA_LIST_OPTIONS)
     @api
     def list_attributes(self, request: Request, caller: Caller) -> Response:
+        """Every column, or with a type cast segment (`/Microsoft.Dynamics.CRM.PicklistAttributeMetadata`) those of that type."""
         table = self._metadata_table(request.path_params["key"])
         options = parse_options(request.arg)
         items = [column.metadata() for column in table.columns.values()]
-        if options.filter is not None:
-            items = [item for item in items if evaluate(options.filter, item)]
-        return json_response(200, {"value": [self._project(item, options) for item in items]})
+        cast = request.path_params.get("cast")
+        if cast is not None:
+            items = [item for item in items if item["@odata.type"] == f"#{_attribute_cast(cast)}"]
+        return json_response(
+            200, {"value": [self._project(item, options) for item in _filter_metadata(items, options, "Attribute")]}
+        )
 
-    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes\({attribute}\)")
+    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes\({attribute}\)", query=RECORD_OPTIONS)
+    @route("GET", API + r"/EntityDefinitions\({key}\)/Attributes\({attribute}\)/{cast}", query=RECORD_OPTIONS)
     @api
     def get_attribute(self, request: Request, caller: Caller) -> Response:
         table = self._metadata_table(request.path_params["key"])
         column = self._metadata_column(table, request.path_params["attribute"])
-        return json_response(200, self._project(column.metadata(), parse_options(request.arg)))
+        metadata = column.metadata()
+        cast = request.path_params.get("cast")
+        if cast is not None and metadata["@odata.type"] != f"#{_attribute_cast(cast)}":
+            # Dataverse answers a cast to another type as a missing resource.
+            raise ODataError(404, NOT_FOUND_CODE, f"The attribute {column.logical_name} is not a {cast}.")
+        return json_response(200, self._project(metadata, parse_options(request.arg)))
 
     def _metadata_column(self, table: TableDef, key_segment: str) -> ColumnDef:
         key = unquote(key_segment)
@@ -1250,11 +1266,13 @@ class DataverseSimulator(Simulator):
         column.options[value] = label_text(body.get("Label"))
         return json_response(200, {"NewOptionValue": value})
 
-    @route("GET", API + r"/EntityDefinitions\({key}\)/Keys")
+    @route("GET", API + r"/EntityDefinitions\({key}\)/Keys", query=METADATA_LIST_OPTIONS)
     @api
     def list_keys(self, request: Request, caller: Caller) -> Response:
         table = self._metadata_table(request.path_params["key"])
-        return json_response(200, {"value": [self._key_metadata(table, key) for key in table.keys.values()]})
+        options = parse_options(request.arg)
+        items = _filter_metadata([self._key_metadata(table, key) for key in table.keys.values()], options, "EntityKey")
+        return json_response(200, {"value": [self._project(item, options) for item in items]})
 
     @route("POST", API + r"/EntityDefinitions\({key}\)/Keys")
     @api
@@ -1422,6 +1440,27 @@ def _json_body(request: Request) -> JsonDict:
     if not isinstance(body, dict):
         raise query_error("The request body must be a JSON object.")
     return body
+
+
+def _attribute_cast(segment: str) -> str:
+    """`Microsoft.Dynamics.CRM.PicklistAttributeMetadata` (a documented cast) or Dataverse's 404 for the segment."""
+    name = segment.removeprefix("Microsoft.Dynamics.CRM.")
+    if segment == name or name not in {*ATTRIBUTE_METADATA_TYPES, "AttributeMetadata", "EnumAttributeMetadata"}:
+        raise ODataError(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
+    return segment
+
+
+def _filter_metadata(items: list[JsonDict], options: QueryOptions, kind: str) -> list[JsonDict]:
+    """`$filter` over metadata; a property no item has is refused (Dataverse's 400), never read as null."""
+    if options.filter is None:
+        return items
+    known = {name for item in items for name in item}
+    unknown = sorted(properties_of(options.filter) - known)
+    if unknown and items:
+        raise query_error(
+            f"Could not find a property named '{unknown[0]}' on type 'Microsoft.Dynamics.CRM.{kind}Metadata'."
+        )
+    return [item for item in items if evaluate(options.filter, item)]
 
 
 def _key_equal(stored: Any, wanted: Any) -> bool:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from sandbox.dataverse_odata import ODataError
+from sandbox.odata import ODataError
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 

@@ -25,7 +25,7 @@ STATES: dict[str, dict[int, set[int]]] = {
     "lead": {0: {1, 2}, 1: {3}, 2: {4, 5, 6, 7}},
 }
 
-_METADATA_TYPES = {
+ATTRIBUTE_METADATA_TYPES_BY_COLUMN = {
     "String": "StringAttributeMetadata",
     "Memo": "MemoAttributeMetadata",
     "Boolean": "BooleanAttributeMetadata",
@@ -46,6 +46,9 @@ _METADATA_TYPES = {
 
 def new_metadata_id() -> str:
     return str(uuid.uuid4())
+
+
+ATTRIBUTE_METADATA_TYPES = frozenset(ATTRIBUTE_METADATA_TYPES_BY_COLUMN.values())
 
 
 def label(text: str) -> dict[str, Any]:
@@ -92,7 +95,7 @@ class ColumnDef:
 
     def metadata(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "@odata.type": f"#Microsoft.Dynamics.CRM.{_METADATA_TYPES.get(self.type, 'AttributeMetadata')}",
+            "@odata.type": f"#Microsoft.Dynamics.CRM.{ATTRIBUTE_METADATA_TYPES_BY_COLUMN.get(self.type, 'AttributeMetadata')}",
             "MetadataId": self.metadata_id,
             "LogicalName": self.logical_name,
             "SchemaName": self.schema_name or self.logical_name,

@@ -36,11 +36,11 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
+from sandbox.server import HttpServer, StartResponse, read_request, write_response
 from shared.ncrontab import Schedule
 from shared.settings import apply_local_settings_file, expand_development_storage
 
@@ -172,42 +172,6 @@ class HttpRoute:
         )
 
 
-class _HttpHandler(BaseHTTPRequestHandler):
-    server: _HostHttpServer
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # small responses go out at once, not after the client's ACK
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """The host logs one line per invocation instead."""
-
-    def _dispatch(self) -> None:
-        host = self.server.host
-        split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        status, headers, payload = host.handle_http(
-            self.command.upper(), split.path, split.query, {k: v for k, v in self.headers.items()}, body
-        )
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
-
-
-class _HostHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], host: LocalHost) -> None:
-        super().__init__(address, _HttpHandler)
-        self.host = host
-
-
 # ---- queues -----------------------------------------------------------------------------------------
 @dataclass
 class QueueFunction:
@@ -266,7 +230,7 @@ class LocalHost:
         self.timer_functions: list[TimerFunction] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._httpd: _HostHttpServer | None = None
+        self._http: HttpServer | None = None
         self.invocations: list[Invocation] = []
         self._invocations_lock = threading.Lock()
         for function in self.functions:
@@ -296,14 +260,13 @@ class LocalHost:
 
     @property
     def url(self) -> str:
-        port = self._httpd.server_address[1] if self._httpd else self.http_port
-        return f"http://127.0.0.1:{port}"
+        return self._http.url if self._http else f"http://127.0.0.1:{self.http_port}"
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalHost:
         if self.http_routes:
-            self._httpd = _HostHttpServer(("127.0.0.1", self.http_port), self)
-            self._spawn("http", self._httpd.serve_forever)
+            self._http = HttpServer(self._wsgi, host="127.0.0.1", port=self.http_port, tls=None, name="functions-host")
+            self._http.start()
         for timer in self.timer_functions:
             self._spawn(f"timer-{timer.name}", functools.partial(self._run_timer, timer))
         for queue_function in self.queue_functions:
@@ -312,9 +275,8 @@ class LocalHost:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        if self._http:
+            self._http.stop()
         for thread in self._threads:
             thread.join(timeout=15)
 
@@ -359,6 +321,13 @@ class LocalHost:
         expected = self.environ.get("SANDBOX_FUNCTION_KEY", "")
         given = query.get("code") or next((v for k, v in headers.items() if k.lower() == "x-functions-key"), "")
         return bool(expected) and given == expected
+
+    def _wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        request = read_request(environ)
+        status, headers, payload = self.handle_http(
+            request.method, request.path, request.raw_query, request.headers, request.body
+        )
+        return write_response(environ, start_response, status, headers, payload)
 
     def handle_http(
         self, method: str, path: str, raw_query: str, headers: Mapping[str, str], body: bytes

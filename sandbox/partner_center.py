@@ -77,6 +77,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from sandbox import credentials
 from sandbox.identity import InvalidAccessToken, verify_access_token
+from sandbox.odata import ODataError, compile_filter
 from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from sandbox.tls import ensure_ca, ensure_intermediate_ca, issue_signing_certificate
 from shared.http import tls_context
@@ -103,7 +104,6 @@ _NEXT_STATUS = {status: set(_CONTRACT.next_statuses(status)) for status in _CONT
 _READ_ONLY = {"id", "engagementId", "createdDateTime", "updatedDateTime", "eTag", "organizationId", "direction"}
 _FILTER_FIELDS = set(_CONTRACT.filter_fields)
 _DATE_FIELDS = set(_CONTRACT.orderby_fields)
-_CONDITION = re.compile(r"(\w+)\s+(eq|ne|gt|ge|lt|le)\s+('(?:[^']|'')*'|[^\s()']+)", re.IGNORECASE)
 
 # Every member the definition lists (null where unknown), so answers carry them all and JSON Patch
 # `replace` finds its target; the defaults are what Partner Center shows for a new referral.
@@ -282,70 +282,12 @@ def _member(container: Any, key: str) -> Any:
     return None
 
 
-# ---- $filter (the subset real users and our reconcile poll use) -------------------------------
-def _parse_filter(expression: str) -> list[tuple[str, str, str]]:
-    text = expression.strip()
-    conditions: list[tuple[str, str, str]] = []
-    position = 0
-    # Conditions joined by `and`; parentheses around a condition or the whole expression are allowed.
-    stripped = re.sub(r"[()]", " ", text) if "'" not in text else _strip_parens_outside_quotes(text)
-    stripped = stripped.strip()
-    while position < len(stripped):
-        match = _CONDITION.match(stripped, position)
-        if not match:
-            raise ApiError(400, "invalidRequest", f"Unsupported $filter expression: {expression}", "$filter")
-        field_name, operator, literal = match.group(1), match.group(2).lower(), match.group(3)
-        if field_name not in _FILTER_FIELDS:
-            raise ApiError(400, "invalidRequest", f"Filtering on '{field_name}' is not supported.", "$filter")
-        value = literal[1:-1].replace("''", "'") if literal.startswith("'") else literal
-        conditions.append((field_name, operator, value))
-        position = match.end()
-        rest = re.match(r"\s+and\s+", stripped[position:], re.IGNORECASE)
-        if rest:
-            position += rest.end()
-        elif stripped[position:].strip():
-            raise ApiError(400, "invalidRequest", f"Unsupported $filter expression: {expression}", "$filter")
-        else:
-            break
-    return conditions
-
-
-def _strip_parens_outside_quotes(text: str) -> str:
-    out: list[str] = []
-    quoted = False
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-        out.append(" " if char in "()" and not quoted else char)
-    return "".join(out)
-
-
-def _matches(referral: JsonDict, conditions: list[tuple[str, str, str]]) -> bool:
-    for field_name, operator, value in conditions:
-        actual = referral.get(field_name)
-        if field_name in _DATE_FIELDS:
-            try:
-                left: Any = parse_timestamp(str(actual)) if actual else None
-                right: Any = parse_timestamp(value)
-            except ValueError as error:
-                raise ApiError(400, "invalidRequest", f"'{value}' is not a date-time.", "$filter") from error
-        else:
-            left, right = (str(actual) if actual is not None else None), value
-        if left is None:
-            if operator == "ne":
-                continue
-            return False
-        result = {
-            "eq": left == right,
-            "ne": left != right,
-            "gt": left > right,
-            "ge": left >= right,
-            "lt": left < right,
-            "le": left <= right,
-        }[operator]
-        if not result:
-            return False
-    return True
+# ---- $filter: the simulators' one OData parser (sandbox/odata.py) over the filterable fields ------
+def _referral_filter(expression: str | None) -> Callable[[JsonDict], bool]:
+    try:
+        return compile_filter(expression, _FILTER_FIELDS)
+    except ODataError as error:
+        raise ApiError(400, "invalidRequest", error.message, "$filter") from error
 
 
 # ---- webhook delivery -------------------------------------------------------------------------
@@ -487,6 +429,10 @@ class PartnerCenterSimulator(Simulator):
                 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {retry} seconds."}
             )
         return ApiError(status, _CONTRACT.error_code(status), f"The service returned {status}.").response()
+
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        """A query option the route does not list (`sandbox.server` refuses it before the handler)."""
+        return ApiError(400, "invalidRequest", f"The query option {name} is not supported.", name).response()
 
     def not_found_response(self, request: Request) -> Response:
         return ApiError(404, "itemNotFound", f"No resource at {request.path}.").response()
@@ -643,16 +589,11 @@ class PartnerCenterSimulator(Simulator):
             raise ApiError(412, "preconditionFailed", "The resource has been modified since it was read.", "referral")
 
     # ---- referrals: routes ------------------------------------------------------------------------
-    @route("GET", REFERRALS_PATH)
+    @route("GET", REFERRALS_PATH, query=_CONTRACT.list_options)
     def list_referrals(self, request: Request) -> Response:
         try:
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
-            unknown = sorted(
-                name for name in request.query if name.startswith("$") and name not in _CONTRACT.list_options
-            )
-            if unknown:
-                raise ApiError(400, "invalidRequest", f"The query option {unknown[0]} is not supported.", unknown[0])
-            conditions = _parse_filter(request.arg("$filter") or "")
+            matches = _referral_filter(request.arg("$filter"))
             order = (request.arg("$orderby") or "").split()
             top, skip = _count_option(request, "$top"), _count_option(request, "$skip")
             count = (request.arg("$count") or "true").lower()
@@ -667,7 +608,10 @@ class PartnerCenterSimulator(Simulator):
                 raise ApiError(400, "invalidRequest", f"A referral has no member {missing[0]!r}.", "$select")
             page_start = self._skip_of(request.arg("$skiptoken"))
             with self.lock:
-                matching = [copy.deepcopy(item) for item in self.referrals.values() if _matches(item, conditions)]
+                try:
+                    matching = [copy.deepcopy(item) for item in self.referrals.values() if matches(item)]
+                except ODataError as error:
+                    raise ApiError(400, "invalidRequest", error.message, "$filter") from error
         except ApiError as error:
             return error.response()
         if order:

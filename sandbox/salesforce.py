@@ -26,7 +26,7 @@ gets Salesforce's documented answers (tests/salesforce/test_simulator_with_simpl
 from __future__ import annotations
 
 import base64
-import copy
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -55,6 +55,7 @@ from sandbox.salesforce_model import (
     add_custom_object,
     coerce,
     format_datetime,
+    id_checksum,
     normalize_id,
     parse_datetime_value,
     standard_objects,
@@ -255,6 +256,16 @@ class SalesforceSimulator(Simulator):
     def not_found_response(self, request: Request) -> Response:
         return json_response(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
 
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        # Salesforce itself ignores most parameters it does not know; the sandbox refuses them so that
+        # a client relying on one the simulator lacks finds out (the error code is the sandbox's choice).
+        message = f"Unsupported query parameter '{name}' for this resource"
+        return json_response(400, [{"errorCode": "INVALID_QUERY_PARAMETER", "message": message}])
+
+    def method_not_allowed_response(self, request: Request, allowed: list[str]) -> Response:
+        message = f"HTTP Method '{request.method}' not allowed. Allowed are {','.join(allowed)}"
+        return json_response(405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": message}])
+
     def authenticate(self, request: Request) -> str:
         if self._nested:
             return self._nested_user
@@ -359,6 +370,54 @@ class SalesforceSimulator(Simulator):
         if user is None:
             return refuse("invalid_grant", "user hasn't approved this consumer")
         return self._token_answer(user)
+
+    @route("GET", "/id/{org_id}/{user_id}", query=["format", "oauth_token"])
+    def identity(self, request: Request) -> Response:
+        """The identity URL a token answer names (`id`): who the token's user is (JSON only here)."""
+        if (request.arg("format") or "json") != "json":
+            return Response(406, b"Bad_Format: the sandbox answers format=json only", {"Content-Type": "text/plain"})
+        with self.lock:
+            # The token comes as a bearer header or, documented for this URL, as `oauth_token`.
+            token = request.arg("oauth_token")
+            user_id = self.sessions.get(token) if token else None
+            if user_id is None and token is None:
+                with contextlib.suppress(SalesforceApiError):
+                    user_id = self.authenticate(request)
+            if user_id is None:
+                return Response(403, b"Bad_OAuth_Token", {"Content-Type": "text/plain; charset=utf-8"})
+            if request.path_params["org_id"] != ORG_ID or normalize_id(request.path_params["user_id"]) != user_id:
+                return Response(403, b"Bad_Id", {"Content-Type": "text/plain; charset=utf-8"})
+            user = self.records["User"][user_id]
+        base = f"{self.base_url}/services/data/v{{version}}"
+        return json_response(
+            200,
+            {
+                "id": f"{self.base_url}/id/{ORG_ID}/{user_id}",
+                "asserted_user": True,
+                "user_id": user_id,
+                "organization_id": ORG_ID,
+                "username": user["Username"],
+                "nick_name": user["Username"].split("@")[0],
+                "display_name": user["Name"],
+                "email": user["Email"],
+                "first_name": user["FirstName"],
+                "last_name": user["LastName"],
+                "active": user["IsActive"],
+                "user_type": "STANDARD",
+                "language": "en_US",
+                "locale": "en_US",
+                "utcOffset": 0,
+                "last_modified_date": user["LastModifiedDate"],
+                "urls": {
+                    "enterprise": f"{self.base_url}/services/Soap/c/{{version}}/{ORG_ID}",
+                    "partner": f"{self.base_url}/services/Soap/u/{{version}}/{ORG_ID}",
+                    "rest": f"{base}/",
+                    "sobjects": f"{base}/sobjects/",
+                    "query": f"{base}/query/",
+                    "profile": f"{self.base_url}/{user_id}",
+                },
+            },
+        )
 
     @route("POST", "/services/Soap/u/{version}")
     def soap_login(self, request: Request) -> Response:
@@ -687,7 +746,6 @@ class SalesforceSimulator(Simulator):
 
     # ---- REST routes -----------------------------------------------------------------------------------
     @route("GET", "/services/data")
-    @route("GET", "/services/data/")
     def versions(self, request: Request) -> Response:
         return json_response(
             200,
@@ -698,7 +756,6 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("GET", "/services/data/v{version}")
-    @route("GET", "/services/data/v{version}/")
     @_rest
     def resources(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -706,14 +763,12 @@ class SalesforceSimulator(Simulator):
         return json_response(200, {name: f"/services/data/v{version}/{name}" for name in names})
 
     @route("GET", "/services/data/v{version}/limits")
-    @route("GET", "/services/data/v{version}/limits/")
     @_rest
     def limits(self, request: Request, user: str) -> Response:
         daily = {"Max": self.daily_api_limit, "Remaining": max(0, self.daily_api_limit - self.api_usage)}
         return json_response(200, {"DailyApiRequests": daily})
 
     @route("GET", "/services/data/v{version}/sobjects")
-    @route("GET", "/services/data/v{version}/sobjects/")
     @_rest
     def describe_global(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -727,14 +782,12 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe")
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/describe/")
     @_rest
     def describe_object(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
         return json_response(200, definition.describe(request.path_params["version"]))
 
     @route("GET", "/services/data/v{version}/sobjects/{sobject}")
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def object_metadata(self, request: Request, user: str) -> Response:
         definition = self.object_def(request.path_params["sobject"])
@@ -743,7 +796,6 @@ class SalesforceSimulator(Simulator):
         )
 
     @route("POST", "/services/data/v{version}/sobjects/{sobject}")
-    @route("POST", "/services/data/v{version}/sobjects/{sobject}/")
     @_rest
     def create(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -754,7 +806,7 @@ class SalesforceSimulator(Simulator):
             {"Location": self._record_url(request.path_params["sobject"], record_id)},
         )
 
-    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}")
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/{record_id}", query=["fields"])
     @_rest
     def get_record(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -826,10 +878,8 @@ class SalesforceSimulator(Simulator):
         return body
 
     # ---- query ------------------------------------------------------------------------------------------
-    @route("GET", "/services/data/v{version}/query")
-    @route("GET", "/services/data/v{version}/query/")
-    @route("GET", "/services/data/v{version}/queryAll")
-    @route("GET", "/services/data/v{version}/queryAll/")
+    @route("GET", "/services/data/v{version}/query", query=["q"])
+    @route("GET", "/services/data/v{version}/queryAll", query=["q"])
     @_rest
     def query(self, request: Request, user: str) -> Response:
         version = request.path_params["version"]
@@ -938,7 +988,7 @@ class SalesforceSimulator(Simulator):
 
         return json_response(200, self._run_collection(records, bool(body.get("allOrNone")), write))
 
-    @route("DELETE", "/services/data/v{version}/composite/sobjects")
+    @route("DELETE", "/services/data/v{version}/composite/sobjects", query=["ids", "allOrNone"])
     @_rest
     def collection_delete(self, request: Request, user: str) -> Response:
         ids = [value for value in (request.arg("ids") or "").split(",") if value]
@@ -956,17 +1006,88 @@ class SalesforceSimulator(Simulator):
         all_or_none = (request.arg("allOrNone") or "false").lower() == "true"
         return json_response(200, self._run_collection(ids, all_or_none, remove))
 
-    @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}")
+    @route("GET", "/services/data/v{version}/composite/sobjects/{sobject}", query=["ids", "fields"])
+    @route("POST", "/services/data/v{version}/composite/sobjects/{sobject}")
     @_rest
     def collection_retrieve(self, request: Request, user: str) -> Response:
+        """Retrieve by ids: `?ids=&fields=` on GET, `{"ids": [], "fields": []}` on POST (for long id lists)."""
         self._current_version = request.path_params["version"]
         definition = self.object_def(request.path_params["sobject"])
-        fields = (request.arg("fields") or "Id").split(",")
+        if request.method == "POST":
+            body = self._body(request)
+            ids, fields = body.get("ids"), body.get("fields")
+        else:
+            ids = [item for item in (request.arg("ids") or "").split(",") if item]
+            fields = [item for item in (request.arg("fields") or "").split(",") if item]
+        for name, value in (("ids", ids), ("fields", fields)):
+            if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+                raise SalesforceApiError(400, "MISSING_ARGUMENT", f"{name}: give a non-empty list", [name])
+        assert isinstance(ids, list) and isinstance(fields, list)
         rows: list[JsonDict | None] = []
-        for record_id in (request.arg("ids") or "").split(","):
+        for record_id in ids:
             record = self.records[definition.name].get(normalize_id(record_id))
             rows.append(self._shape(definition, record, fields) if record and not record.get("IsDeleted") else None)
         return json_response(200, rows)
+
+    # ---- replication: get updated / get deleted --------------------------------------------------
+    def _replication_window(self, request: Request) -> tuple[dt.datetime, dt.datetime]:
+        """`start` / `end` (ISO 8601), seconds ignored as Salesforce does; at most 30 days back."""
+        window: list[dt.datetime] = []
+        for name in ("start", "end"):
+            text = request.arg(name)
+            if not text:
+                raise SalesforceApiError(400, "MISSING_ARGUMENT", f"{name} parameter must be specified", [name])
+            try:
+                moment = parse_datetime_value(text).astimezone(dt.UTC)
+            except ValueError:
+                raise SalesforceApiError(
+                    400, "INVALID_REPLICATION_DATE", f"{name} is not a valid date: {text}"
+                ) from None
+            window.append(moment.replace(second=0, microsecond=0))
+        start, end = window
+        if end <= start:
+            raise SalesforceApiError(400, "INVALID_REPLICATION_DATE", "endDate must chronologically follow startDate")
+        if start < self.now() - dt.timedelta(days=30):
+            raise SalesforceApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago")
+        return start, min(end, self.now().replace(second=0, microsecond=0) + dt.timedelta(minutes=1))
+
+    def _changed_between(self, request: Request, *, deleted: bool) -> tuple[list[JsonDict], dt.datetime, dt.datetime]:
+        definition = self.object_def(request.path_params["sobject"])
+        start, end = self._replication_window(request)
+        changed = [
+            record
+            for record in self.records[definition.name].values()
+            if bool(record.get("IsDeleted")) == deleted
+            and start <= parse_datetime_value(record["SystemModstamp"]) < end
+        ]
+        return changed, start, end
+
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/updated", query=["start", "end"])
+    @_rest
+    def get_updated(self, request: Request, user: str) -> Response:
+        changed, _, end = self._changed_between(request, deleted=False)
+        return json_response(
+            200, {"ids": [record["Id"] for record in changed], "latestDateCovered": format_datetime(end)}
+        )
+
+    @route("GET", "/services/data/v{version}/sobjects/{sobject}/deleted", query=["start", "end"])
+    @_rest
+    def get_deleted(self, request: Request, user: str) -> Response:
+        changed, start, end = self._changed_between(request, deleted=True)
+        return json_response(
+            200,
+            {
+                "deletedRecords": [{"id": item["Id"], "deletedDate": item["SystemModstamp"]} for item in changed],
+                "earliestDateAvailable": format_datetime(start),
+                "latestDateCovered": format_datetime(end),
+            },
+        )
+
+    def _snapshot(self) -> dict[str, dict[str, JsonDict]]:
+        """Every record as it is now, for an allOrNone rollback: field values are immutable
+        (strings, numbers, booleans), so a copy of each record's dict is enough, and far cheaper
+        than a deep copy."""
+        return {name: {key: dict(record) for key, record in table.items()} for name, table in self.records.items()}
 
     def _collection_records(self, body: JsonDict) -> list[JsonDict]:
         records = body.get("records")
@@ -981,7 +1102,7 @@ class SalesforceSimulator(Simulator):
     def _run_collection(
         self, items: list[Any], all_or_none: bool, operation: Callable[[Any], JsonDict]
     ) -> list[JsonDict]:
-        snapshot = copy.deepcopy(self.records) if all_or_none else None
+        snapshot = self._snapshot() if all_or_none else None
         results: list[JsonDict] = []
         failed = False
         for item in items:
@@ -1004,7 +1125,6 @@ class SalesforceSimulator(Simulator):
         return results
 
     @route("POST", "/services/data/v{version}/composite")
-    @route("POST", "/services/data/v{version}/composite/")
     @_rest
     def composite(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1014,7 +1134,7 @@ class SalesforceSimulator(Simulator):
                 400, "INVALID_FIELD", "compositeRequest: give 1 to 25 subrequests", ["compositeRequest"]
             )
         all_or_none = bool(body.get("allOrNone"))
-        snapshot = copy.deepcopy(self.records) if all_or_none else None
+        snapshot = self._snapshot() if all_or_none else None
         results: dict[str, Any] = {}
         responses: list[JsonDict] = []
         failed = False
@@ -1051,18 +1171,14 @@ class SalesforceSimulator(Simulator):
             body=json.dumps(body).encode() if body is not None else b"",
             raw_query=query,
         )
-        _, handler = self._match(request)
-        if handler is None:
-            return self.not_found_response(request)
         self._nested, self._nested_user = True, user
         try:
-            return handler(self, request)
+            return self.dispatch(request)
         finally:
             self._nested = False
 
     # ---- Tooling API -------------------------------------------------------------------------------------
     @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}")
-    @route("POST", "/services/data/v{version}/tooling/sobjects/{sobject}/")
     @_rest
     def tooling_create(self, request: Request, user: str) -> Response:
         body = self._body(request)
@@ -1141,8 +1257,7 @@ class SalesforceSimulator(Simulator):
             raise SalesforceApiError(404, "NOT_FOUND", "The requested resource does not exist")
         return json_response(200, {"attributes": {"type": request.path_params["sobject"]}, **entry})
 
-    @route("GET", "/services/data/v{version}/tooling/query")
-    @route("GET", "/services/data/v{version}/tooling/query/")
+    @route("GET", "/services/data/v{version}/tooling/query", query=["q"])
     @_rest
     def tooling_query(self, request: Request, user: str) -> Response:
         self._current_version = request.path_params["version"]
@@ -1290,6 +1405,7 @@ class _QueryExecutor:
         self.objects = objects
         self.records = records
         self.include_deleted = include_deleted
+        self._resolved: dict[tuple[str, str], tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]] = {}
 
     def object_def(self, name: str) -> ObjectDef:
         found = next((definition for key, definition in self.objects.items() if key.lower() == name.lower()), None)
@@ -1304,7 +1420,13 @@ class _QueryExecutor:
         return found
 
     def resolve(self, definition: ObjectDef, path: FieldPath) -> tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]:
-        """The relationship hops and the final field of `path`, or INVALID_FIELD."""
+        """The relationship hops and the final field of `path`, or INVALID_FIELD (once per query and path)."""
+        key = (definition.name, path.text)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(definition, path)
+        return self._resolved[key]
+
+    def _resolve(self, definition: ObjectDef, path: FieldPath) -> tuple[list[tuple[FieldDef, ObjectDef]], FieldDef]:
         hops: list[tuple[FieldDef, ObjectDef]] = []
         current = definition
         for part in path.parts[:-1]:
@@ -1334,9 +1456,12 @@ class _QueryExecutor:
         for item in query.fields:
             if isinstance(item, FieldPath):
                 self.resolve(definition, item)
+        table = self.records.get(definition.name, {})
+        ids = _ids_wanted(query.where)
+        rows = table.values() if ids is None else [table[key] for key in ids if key in table]
         candidates = [
             record
-            for record in self.records.get(definition.name, {}).values()
+            for record in rows
             if (self.include_deleted or not record.get("IsDeleted"))
             and (parent is None or record.get(parent[0]) == parent[1])
         ]
@@ -1426,6 +1551,19 @@ class _QueryExecutor:
         assert isinstance(condition, Comparison)
         stored, item = self.value(definition, record, condition.path)
         return _compare(item, stored, condition.operator, condition.value, condition.path.text)
+
+
+def _ids_wanted(condition: Any) -> list[str] | None:
+    """The record ids a WHERE clause limits the rows to (`Id = '...'` / `Id IN (...)` at its top level,
+    alone or AND-ed), so that such a query reads those rows instead of the whole table; None if it does not."""
+    if isinstance(condition, BoolOp) and condition.operator == "AND":
+        return next((found for found in map(_ids_wanted, condition.operands) if found is not None), None)
+    if isinstance(condition, Comparison) and condition.path.parts == ["Id"] and condition.operator in ("=", "IN"):
+        values = condition.value if condition.operator == "IN" else [condition.value]
+        if all(isinstance(value, str) for value in values):
+            # Ids compare on their first 15 characters (the 18-character suffix is a checksum).
+            return [prefix + id_checksum(prefix) for prefix in dict.fromkeys(value[:15] for value in values)]
+    return None
 
 
 def _invalid_field(name: str, object_name: str) -> SalesforceApiError:

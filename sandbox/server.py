@@ -11,30 +11,44 @@ under `self.lock`, and gets the stable control API of ARCHITECTURE.md for free:
 
 Faults are applied before the route runs, so an injected 429 never reaches a handler. The error
 body of an injected status is the simulator's own (`fault_response`), so clients see exactly what
-the real service would send.
+the real service would send. A route names the query options it implements (`query=[...]`); any
+other is refused with `unknown_option_response` before the handler runs.
+
+The HTTP layer (`HttpServer`, also used by the local Functions host) is werkzeug routing served by
+cheroot: HTTP/1.1 with TLS, keep-alive, chunked request bodies, `Expect: 100-continue`, HEAD.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
 import re
-import ssl
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
+import cheroot.wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import Map, Rule
 
 from sandbox.tls import CertificateFiles, issue_certificate
 
 JsonDict = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[JsonDict, StartResponse], Iterable[bytes]]
+_log = logging.getLogger("sandbox.http")
+_WORKER_THREADS = 32  # concurrent requests per server; idle keep-alive connections hold none
 
 
 @dataclass
@@ -79,23 +93,34 @@ SimulatorT = TypeVar("SimulatorT", bound="Simulator")
 SubclassHandler = Callable[[SimulatorT, Request], Response]
 
 
-def route(method: str, pattern: str) -> Callable[[SubclassHandler[SimulatorT]], SubclassHandler[SimulatorT]]:
-    """Mark a Simulator method (of any subclass) as the handler of `METHOD /path/{param}`."""
+def route(
+    method: str, pattern: str, *, query: Iterable[str] = ()
+) -> Callable[[SubclassHandler[SimulatorT]], SubclassHandler[SimulatorT]]:
+    """Mark a Simulator method (of any subclass) as the handler of `METHOD /path/{param}`.
+
+    `query` names the query options the handler implements; any other one is refused with the
+    simulator's `unknown_option_response` before the handler runs (unknown means refused, never
+    a 200 that ignored it).
+    """
 
     def mark(handler: SubclassHandler[SimulatorT]) -> SubclassHandler[SimulatorT]:
-        routes: list[tuple[str, str]] = getattr(handler, "_routes", [])
-        routes.append((method.upper(), pattern))
+        routes: list[tuple[str, str, frozenset[str]]] = getattr(handler, "_routes", [])
+        routes.append((method.upper(), pattern, frozenset(query)))
         handler._routes = routes  # type: ignore[attr-defined]
         return handler
 
     return mark
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    # `{name}` matches one path segment; `{name:path}` matches the rest of the path.
-    regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
-    return re.compile(f"^{regex}$")
+def _rule_text(pattern: str) -> str:
+    """`/a/{name}/{rest:path}` (the declaration syntax) as a werkzeug rule `/a/<name>/<path:rest>`.
+
+    `{name}` matches within one path segment, `{name:path}` the rest of the path; a trailing slash
+    is optional everywhere (`strict_slashes=False`), as on the real services.
+    """
+    text = re.sub(r"\\([()$.])", r"\1", pattern).rstrip("/") or "/"
+    text = re.sub(r"\{(\w+):path\}", r"<path:\1>", text)
+    return re.sub(r"\{(\w+)\}", r"<\1>", text)
 
 
 class Fault(BaseModel):
@@ -145,12 +170,23 @@ class Simulator:
         self.lock = threading.RLock()
         self._faults: list[Fault] = []
         self._log: list[LoggedRequest] = []
-        self._routes: list[tuple[str, str, re.Pattern[str], Handler]] = []
+        self.errors: list[str] = []  # handler exceptions (answered 500); tests assert there are none
         self._random = random.Random(0)
+        # (method, rule) -> (declared pattern, handler, query options it implements)
+        self._handlers: dict[tuple[str, str], tuple[str, Handler, frozenset[str]]] = {}
         for klass in reversed(type(self).__mro__):
             for attribute in vars(klass).values():
-                for method, pattern in getattr(attribute, "_routes", []):
-                    self._routes.append((method, pattern, _compile(pattern), attribute))
+                for method, pattern, query in getattr(attribute, "_routes", []):
+                    self._handlers.setdefault((method, _rule_text(pattern)), (pattern, attribute, query))
+        rules: dict[str, set[str]] = {}
+        for method, rule in self._handlers:
+            rules.setdefault(rule, set()).add(method)
+        url_map = Map(
+            [Rule(rule, methods=sorted(methods), endpoint=rule) for rule, methods in rules.items()],
+            strict_slashes=False,
+            merge_slashes=False,
+        )
+        self._router = url_map.bind("sandbox")
         self.reset_records()
 
     # ---- to override -------------------------------------------------------------------------
@@ -167,6 +203,16 @@ class Simulator:
 
     def not_found_response(self, request: Request) -> Response:
         return json_response(404, {"error": {"code": "NotFound", "message": f"No route {request.path}"}})
+
+    def unknown_option_response(self, request: Request, name: str) -> Response:
+        """A query option this resource does not implement (the real services' 400 for an unknown one)."""
+        message = f"The query parameter '{name}' is not supported."
+        return json_response(400, {"error": {"code": "BadRequest", "message": message}})
+
+    def method_not_allowed_response(self, request: Request, allowed: list[str]) -> Response:
+        """A known resource asked with a method it does not take (the `Allow` header is added for you)."""
+        message = f"The requested resource does not support http method '{request.method}'."
+        return json_response(405, {"error": {"code": "MethodNotAllowed", "message": message}})
 
     # ---- control API ---------------------------------------------------------------------------
     @route("POST", "/_sandbox/reset")
@@ -237,17 +283,47 @@ class Simulator:
                 return fault
         return None
 
-    def _match(self, request: Request) -> tuple[str, Handler | None]:
-        for method, pattern, regex, handler in self._routes:
-            found = regex.match(request.path)
-            if found and method == request.method:
-                request.path_params = {k: v for k, v in found.groupdict().items() if v is not None}
-                return pattern, handler
-        return request.path, None
+    def _route(self, request: Request) -> tuple[str, Handler | list[str] | None, frozenset[str]]:
+        """(declared pattern, handler, its query options); a list of allowed methods when only the method is wrong."""
+        method = "GET" if request.method == "HEAD" else request.method
+        try:
+            rule, params = self._router.match(request.path, method=method)
+        except MethodNotAllowed as refused:
+            return request.path, sorted(refused.valid_methods or []), frozenset()
+        except NotFound:
+            return request.path, None, frozenset()
+        request.path_params = dict(params)
+        return self._handlers[(method, rule)]
+
+    def dispatch(self, request: Request) -> Response:
+        """The route's answer, without faults or the request log (also for composite / batch subrequests)."""
+        _, found, options = self._route(request)
+        return self._answer(request, found, options)
+
+    def _answer(self, request: Request, found: Handler | list[str] | None, options: frozenset[str]) -> Response:
+        unknown = sorted(set(request.query) - options) if not request.path.startswith("/_sandbox/") else []
+        if callable(found) and unknown:
+            return self.unknown_option_response(request, unknown[0])
+        if callable(found):
+            return found(self, request)
+        if found:
+            response = self.method_not_allowed_response(request, found)
+            response.headers["Allow"] = ", ".join(found)
+            return response
+        return self.not_found_response(request)
+
+    def wsgi(self, environ: JsonDict, start_response: StartResponse) -> Iterable[bytes]:
+        request = read_request(environ)
+        try:
+            response = self.handle(request)
+        except Exception as error:  # a simulator bug must show up as a 500, not a hung client
+            self.errors.append(repr(error))
+            response = json_response(500, {"error": {"code": "SimulatorError", "message": repr(error)}})
+        return write_response(environ, start_response, response.status, response.headers.items(), response.body)
 
     def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        pattern, handler = self._match(request)
+        pattern, found, options = self._route(request)
         fault = self._take_fault(request)
         response: Response | None = None
         if fault is not None:
@@ -258,7 +334,7 @@ class Simulator:
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = str(fault.retry_after)
         if response is None:
-            response = handler(self, request) if handler else self.not_found_response(request)
+            response = self._answer(request, found, options)
         if request.path.startswith("/_sandbox/"):
             return response  # the control API is not part of what a test counts
         with self.lock:
@@ -275,83 +351,107 @@ class Simulator:
         return response
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: _SimulatorHTTPServer
-    protocol_version = "HTTP/1.1"
-    # Without this, Nagle's algorithm holds small responses ~40 ms waiting for the client's ACK.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Silence the default stderr line per request; the simulator keeps its own log."""
-
-    def _dispatch(self) -> None:
-        split = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        request = Request(
-            method=self.command.upper(),
-            path=split.path,
-            query=parse_qs(split.query, keep_blank_values=True),
-            headers={name.lower(): value for name, value in self.headers.items()},
-            body=body,
-            raw_query=split.query,
-        )
-        try:
-            response = self.server.simulator.handle(request)
-        except Exception as error:  # a simulator bug must show up as a 500, not a hung client
-            self.server.errors.append(repr(error))
-            response = json_response(500, {"error": {"code": "SimulatorError", "message": repr(error)}})
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
+# ---- HTTP -----------------------------------------------------------------------------------------
+def read_request(environ: JsonDict) -> Request:
+    """The WSGI request as a `Request`: path and query as sent (still percent-encoded), body read whole
+    (the server has already de-chunked it and answered `Expect: 100-continue`)."""
+    target = environ.get("REQUEST_URI") or quote(environ.get("PATH_INFO") or "/")
+    split = urlsplit(target)
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    return Request(
+        method=str(environ["REQUEST_METHOD"]).upper(),
+        path=split.path or "/",
+        query=parse_qs(split.query, keep_blank_values=True),
+        headers=headers,
+        body=environ["wsgi.input"].read(),
+        raw_query=split.query,
+    )
 
 
-class _SimulatorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def write_response(
+    environ: JsonDict, start_response: StartResponse, status: int, headers: Iterable[tuple[str, str]], body: bytes
+) -> list[bytes]:
+    """Start the WSGI response: Content-Length set here (never on 1xx/204/304), no body for HEAD."""
+    sent = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    if status >= 200 and status not in (204, 304):
+        sent.append(("Content-Length", str(len(body))))
+    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown')}", sent)
+    return [] if environ["REQUEST_METHOD"] == "HEAD" or status in (204, 304) else [body]
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
-        super().__init__(address, _RequestHandler)
-        self.simulator = simulator
-        self.errors: list[str] = []
+
+class _Cheroot(cheroot.wsgi.Server):
+    _connections: Any
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot writes to stderr; a dropped client is no error of ours, so say it through logging."""
+        _log.log(level if level >= logging.ERROR else logging.DEBUG, "%s", msg, exc_info=traceback)
 
 
-class RunningServer:
-    """A simulator served on a background thread; `stop()` shuts it down."""
+class _HandshakeInWorker(BuiltinSSLAdapter):
+    """cheroot does the TLS handshake in its one accept loop, so a slow handshake would hold up every
+    connection of the server; deferred, OpenSSL does it on the worker thread's first read."""
 
-    def __init__(self, simulator: Simulator, httpd: _SimulatorHTTPServer, scheme: str) -> None:
-        self.simulator = simulator
-        self._httpd = httpd
-        host, port = httpd.server_address[:2]
-        self.port = int(port)
-        self.url = f"{scheme}://{host!s}:{self.port}"
-        self._thread = threading.Thread(target=httpd.serve_forever, name=f"{simulator.name}-server", daemon=True)
+    def wrap(self, sock: socket.socket) -> tuple[Any, JsonDict]:
+        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
 
-    @property
-    def errors(self) -> list[str]:
-        return self._httpd.errors
 
-    def start(self) -> RunningServer:
+class HttpServer:
+    """A threaded HTTP/1.1 server (cheroot) for one WSGI app, optionally over TLS.
+
+    cheroot reads chunked request bodies, answers `Expect: 100-continue`, keeps connections alive
+    (idle ones wait in a selector, not in a thread) and closes them all on `stop()`, which returns
+    in milliseconds.
+    """
+
+    def __init__(self, app: WSGIApp, *, host: str, port: int, tls: CertificateFiles | None, name: str) -> None:
+        self._server = _Cheroot((host, port), app, numthreads=_WORKER_THREADS, server_name=name)
+        self._server.keep_alive_conn_limit = 1000  # cheroot's default (10) would close busy clients' connections
+        self._server.timeout = 120  # idle keep-alive connections live as long as behind the real services' front doors
+        if tls is not None:
+            self._server.ssl_adapter = _HandshakeInWorker(str(tls.cert_path), str(tls.key_path))
+        self._server.prepare()  # binds now, so that port 0 becomes a real port before `start`
+        self.host = host
+        self.port = int(self._server.bind_addr[1])
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve, name=f"{name}-http", daemon=True)
+
+    def start(self) -> HttpServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        # cheroot's stop() waits for its selector loop, which looks at the stop flag only between
+        # select() calls (0.5 s apart when idle): set the flag, then wake select() with a connection.
+        self._server._connections._stop_requested = True
+        with contextlib.suppress(OSError):
+            socket.create_connection((self.host, self.port), timeout=1).close()
+        self._server.stop()
         self._thread.join(timeout=5)
 
 
-def server_tls_context(certificate: CertificateFiles | None = None) -> ssl.SSLContext:
-    certificate = certificate or issue_certificate("sandbox-server")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate.cert_path, certificate.key_path)
-    return context
+class RunningServer:
+    """A simulator served on background threads; `stop()` shuts it down."""
+
+    def __init__(self, simulator: Simulator, http: HttpServer) -> None:
+        self.simulator = simulator
+        self._http = http
+        self.port = http.port
+        self.url = http.url
+
+    @property
+    def errors(self) -> list[str]:
+        return self.simulator.errors
+
+    def start(self) -> RunningServer:
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()
 
 
 def serve(
@@ -366,16 +466,15 @@ def serve(
     The factory receives the base URL because simulators put it in links they return
     (`@odata.nextLink`, certificate URLs, instance URLs).
     """
-    placeholder = Simulator()
-    httpd = _SimulatorHTTPServer((host, port), placeholder)
-    scheme = "https" if tls else "http"
-    if tls:
-        # The handshake runs in the per-request thread, so one slow client cannot block accept().
-        httpd.socket = server_tls_context().wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
-    bound_port = httpd.server_address[1]
-    simulator = simulator_factory(f"{scheme}://{host}:{bound_port}")
-    httpd.simulator = simulator
-    return RunningServer(simulator, httpd, scheme).start()
+    holder: list[Simulator] = []
+
+    def app(environ: JsonDict, start_response: StartResponse) -> Iterable[bytes]:
+        return holder[0].wsgi(environ, start_response)
+
+    certificate = issue_certificate("sandbox-server") if tls else None
+    http = HttpServer(app, host=host, port=port, tls=certificate, name="simulator")
+    holder.append(simulator_factory(http.url))
+    return RunningServer(holder[0], http).start()
 
 
 def serve_many(factories: Iterable[tuple[Callable[[str], Simulator], int]], *, tls: bool = True) -> list[RunningServer]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.settings import load_settings
 from shared.sync.queues import SYNC_POISON_QUEUE, PartnerCenterChange, QueueProducer
 from shared.sync.state import StateStore
 from shared.sync.storage import StorageAccount
+from tests.conformance.http_wire import WireConnection, chunked
 from tests.e2e import apps
 from tests.waiting import wait_until
 
@@ -111,6 +113,24 @@ def test_routes_pass_method_route_params_query_headers_and_body(host: LocalHost)
     assert optional_missing.text.startswith("POST item-2 None")
     assert httpx.get(f"{host.url}/api/echo/item-1", params={"code": credentials.FUNCTION_KEY}).status_code == 404
     assert httpx.get(f"{host.url}/api/nothing-here").status_code == 404
+
+
+def test_http_layer_reads_chunked_bodies_answers_expect_and_keeps_the_connection(host: LocalHost) -> None:
+    """RFC 9112 7.1 and RFC 9110 10.1.1, on the wire, on one kept-alive connection."""
+    wire = WireConnection(host.url)
+    target = f"/api/echo/item-1/extra?q=search&code={credentials.FUNCTION_KEY}"
+    try:
+        wire.send("POST", target, {"x-custom": "hdr", "Transfer-Encoding": "chunked"}, chunked(b"chunked payload"))
+        first = wire.read_response()
+        assert (first.status, first.body) == (201, b"POST item-1 extra search hdr chunked payload")
+        wire.send("POST", target, {"x-custom": "hdr", "Content-Length": "4", "Expect": "100-continue"})
+        assert wire.read_response().status == 100
+        wire.sock.sendall(b"body")
+        assert wire.read_response().body == b"POST item-1 extra search hdr body"
+        wire.send("GET", "/api/health")
+        assert json.loads(wire.read_response().body)["status"] == "degraded"
+    finally:
+        wire.close()
 
 
 def test_a_timer_fires_on_its_schedule_resolved_from_an_app_setting(app_environment: dict[str, str]) -> None:

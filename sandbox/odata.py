@@ -1,9 +1,11 @@
-"""OData v4 query options as the Dataverse Web API reads them: `$filter`, `$select`, `$orderby`, `$expand`.
+"""OData v4 query options for the simulators that speak OData (Dataverse and Partner Center):
+`$filter` (one parser and evaluator for both), and Dataverse's `$select`, `$orderby`, `$expand`.
 
-Only what the reference (crm-apis.md B2/B3) documents is supported: comparisons `eq ne gt ge lt le`,
-`and or not`, parentheses, `contains/startswith/endswith`, `null`, `true/false`, numbers,
-single-quoted strings with doubled quotes, datetimes, dates and GUIDs. String comparisons are
-case-insensitive, as Dataverse's SQL collation makes them. Errors carry Dataverse's codes.
+Only what the references document is supported: comparisons `eq ne gt ge lt le`, `and or not`,
+parentheses, `contains/startswith/endswith`, `null`, `true/false`, numbers, single-quoted strings
+with doubled quotes, datetimes, dates and GUIDs. String comparisons are case-insensitive, as
+Dataverse's SQL collation makes them (Partner Center does not document its collation: the same
+rule serves). Errors carry Dataverse's codes; Partner Center re-labels them with its own.
 """
 
 from __future__ import annotations
@@ -209,6 +211,17 @@ class _Parser:
 
 def parse_filter(text: str) -> Node:
     return _Parser(text).parse()
+
+
+def compile_filter(text: str | None, allowed: set[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """`$filter` as a predicate over records; a property outside `allowed` is refused, never read as null."""
+    if not text:
+        return lambda record: True
+    node = parse_filter(text)
+    unknown = sorted(properties_of(node) - allowed)
+    if unknown:
+        raise query_error(f"Filtering on '{unknown[0]}' is not supported.")
+    return lambda record: bool(evaluate(node, record))
 
 
 def properties_of(node: Node) -> set[str]:
