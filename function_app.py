@@ -14,7 +14,7 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.admin import health as health_checks
-from shared.sync import failures
+from shared.sync import failures, runs
 from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -47,14 +47,16 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
 
     result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
     if result.message is not None:
-        bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
+        message = result.message
+        # A failure here is a 500: Partner Center delivers again.
+        runs.recorded(bootstrap.state_store, runs.PC_WEBHOOK, lambda: bootstrap.queue_producer().send(message))
     return _json(result.body, result.status)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%PC_TOKEN_REFRESH_SCHEDULE%", run_on_startup=False)
 def refresh_partner_center_sign_in(timer: func.TimerRequest) -> None:
     """Redeem the Partner Center refresh token so it never idles out; failures go to the health page."""
-    bootstrap.partner_center_auth().refresh()
+    runs.recorded(bootstrap.state_store, runs.PC_TOKEN_REFRESH, bootstrap.partner_center_auth().refresh)
 
 
 # Not `admin/...`: the Functions host reserves routes whose first segment is `admin`, whatever the prefix.
@@ -86,7 +88,11 @@ def poll_crm_changes(timer: func.TimerRequest) -> None:
     """Enqueue CRM records with Sync = Yes changed since the watermark; then move the watermark."""
     from shared.sync import polling
 
-    polling.poll_crm(bootstrap.crm(), bootstrap.state_store(), bootstrap.queue_producer())
+    runs.recorded(
+        bootstrap.state_store,
+        runs.CRM_POLL,
+        lambda: polling.poll_crm(bootstrap.crm(), bootstrap.state_store(), bootstrap.queue_producer()),
+    )
 
 
 @app.timer_trigger(arg_name="timer", schedule="%PC_RECONCILE_SCHEDULE%", run_on_startup=False)
@@ -94,7 +100,13 @@ def reconcile_partner_center(timer: func.TimerRequest) -> None:
     """Enqueue referrals Partner Center changed since the watermark (webhooks it gave up on)."""
     from shared.sync import polling
 
-    polling.reconcile_partner_center(bootstrap.partner_center(), bootstrap.state_store(), bootstrap.queue_producer())
+    runs.recorded(
+        bootstrap.state_store,
+        runs.PC_RECONCILE,
+        lambda: polling.reconcile_partner_center(
+            bootstrap.partner_center(), bootstrap.state_store(), bootstrap.queue_producer()
+        ),
+    )
 
 
 # ---- Dead letters ---------------------------------------------------------------------------------

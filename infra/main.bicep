@@ -147,6 +147,7 @@ var tableNames = [
   'audit'
   'deadletters'
   'tokencache'
+  'activity'
 ]
 var queues = [for queueName in queueNames: { name: queueName }]
 var tables = [for tableName in tableNames: { name: tableName }]

@@ -4,11 +4,16 @@ Tables (created on first use; Azure table names are alphanumeric):
 - `links`: one row per referral <-> CRM record (PartitionKey `link`), plus reverse index rows
   (PartitionKey `referral` or `crm-<object>`, RowKey = that side's id) pointing at the link.
   A link in state `creating` is the write-ahead intent before a Partner Center referral exists.
-- `watermarks`: one row per poller (PartitionKey `watermark`).
+- `watermarks`: one row per poller (PartitionKey `watermark`), and when each timer or intake last
+  ran and how it went (PartitionKey `run`, RowKey = job name), which the status page and the
+  "no poll for too long" alert read (a watermark only moves when something changed).
 - `audit`: PartitionKey = link id, RowKey = inverted time, so a plain query returns newest first.
 - `deadletters`: messages that exhausted their retries (PartitionKey `deadletter`, newest first),
   and the last error of a message still being retried (PartitionKey `lasterror`, by payload hash),
   so a dead letter can say *why* it died.
+- `activity`: one small row per audit entry (PartitionKey = UTC hour `YYYYMMDDHH`, newest hours
+  last), so "syncs in the last hour / day by outcome" is a read of 24 partitions rather than a
+  scan of every link's audit. Rows, not counters: concurrent workers never contend on one row.
 
 Every update carries the row's ETag (optimistic concurrency): a stale writer gets
 `ConcurrencyConflictError` and re-reads, it never overwrites someone else's change.
@@ -32,7 +37,8 @@ LINKS_TABLE = "links"
 WATERMARKS_TABLE = "watermarks"
 AUDIT_TABLE = "audit"
 DEADLETTERS_TABLE = "deadletters"
-ALL_TABLES = (LINKS_TABLE, WATERMARKS_TABLE, AUDIT_TABLE, DEADLETTERS_TABLE)
+ACTIVITY_TABLE = "activity"
+ALL_TABLES = (LINKS_TABLE, WATERMARKS_TABLE, AUDIT_TABLE, DEADLETTERS_TABLE, ACTIVITY_TABLE)
 
 CrmObject = Literal["opportunity", "lead"]
 LinkState = Literal["creating", "linked", "error", "skipped"]
@@ -175,6 +181,20 @@ class AuditEntry(BaseModel):
     direction: str = Field(description="'pc->crm', 'crm->pc' or 'both'")
     outcome: str = Field(description="'synced', 'skipped', 'error', 'conflict', ...")
     message: str
+
+
+class JobRun(BaseModel):
+    """When a timer or the webhook intake last ran, and whether that run succeeded."""
+
+    name: str
+    last_run_at: dt.datetime
+    succeeded: bool
+    error: str | None = None
+    last_success_at: dt.datetime | None = None
+
+
+def _hour_key(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y%m%d%H")
 
 
 class DeadLetter(BaseModel):
@@ -372,7 +392,84 @@ class StateStore:
                 "Message": message[:_CHUNK],
             }
         )
+        self._table(ACTIVITY_TABLE).create_entity(
+            {
+                "PartitionKey": _hour_key(moment),
+                "RowKey": _inverted_time_key(moment),
+                "Outcome": outcome,
+                "LinkId": link_id,
+            }
+        )
         return AuditEntry(link_id=link_id, time=moment, direction=direction, outcome=outcome, message=message[:_CHUNK])
+
+    def count_outcomes(self, since: dt.datetime, *, until: dt.datetime | None = None) -> dict[str, int]:
+        """How many audit entries of each outcome were written at or after `since` (all links)."""
+        end = until or _now()
+        counts: dict[str, int] = {}
+        entities = self._table(ACTIVITY_TABLE).query_entities(
+            "PartitionKey ge @first and PartitionKey le @last",
+            parameters={"first": _hour_key(since), "last": _hour_key(end)},
+            select=["RowKey", "Outcome"],
+        )
+        # Inverted-time row keys: a key at or below this one was written at or after `since`.
+        newest_allowed = f"{_MAX_TIME_US - int(since.timestamp() * 1_000_000):017d}-~"
+        for entity in entities:
+            if str(entity["RowKey"]) <= newest_allowed:
+                outcome = str(entity.get("Outcome") or "unknown")
+                counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def prune_activity(self, older_than: dt.datetime) -> int:
+        """Delete activity rows of hours before `older_than`; returns how many went."""
+        table = self._table(ACTIVITY_TABLE)
+        removed = 0
+        for entity in table.query_entities(
+            "PartitionKey lt @first", parameters={"first": _hour_key(older_than)}, select=["PartitionKey", "RowKey"]
+        ):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            removed += 1
+        return removed
+
+    # ---- job runs ------------------------------------------------------------------------------
+    def record_run(self, name: str, *, error: str | None = None) -> JobRun:
+        """Note that job `name` (a timer, the webhook intake) just ran, and how."""
+        from azure.data.tables import UpdateMode
+
+        moment = _now()
+        entity: dict[str, Any] = {
+            "PartitionKey": "run",
+            "RowKey": _check_key(name, "job name"),
+            "LastRunAt": moment,
+            "Succeeded": error is None,
+            "Error": (error or "")[:_CHUNK],
+        }
+        if error is None:
+            entity["LastSuccessAt"] = moment
+        # MERGE keeps LastSuccessAt of an earlier run when this one failed.
+        self._table(WATERMARKS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+        previous = None if error is None else self.get_run(name)
+        return JobRun(
+            name=name,
+            last_run_at=moment,
+            succeeded=error is None,
+            error=error,
+            last_success_at=moment if error is None else (previous.last_success_at if previous else None),
+        )
+
+    def get_run(self, name: str) -> JobRun | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table(WATERMARKS_TABLE).get_entity("run", _check_key(name, "job name"))
+        except ResourceNotFoundError:
+            return None
+        return JobRun(
+            name=name,
+            last_run_at=entity["LastRunAt"],
+            succeeded=bool(entity.get("Succeeded")),
+            error=entity.get("Error") or None,
+            last_success_at=entity.get("LastSuccessAt"),
+        )
 
     def list_audit(self, link_id: str, *, limit: int = 20) -> list[AuditEntry]:
         """The newest `limit` audit entries of a link, newest first."""
