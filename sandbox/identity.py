@@ -21,7 +21,8 @@ until `POST /_sandbox/device-codes/approve` (body `{"user_code": ...}` or empty 
 Other controls: `POST /_sandbox/revoke-refresh-tokens` (every refresh token issued so far fails
 with `invalid_grant`/AADSTS700082), `POST /_sandbox/settings` with any of
 `access_token_lifetime_seconds`, `device_code_lifetime_seconds`, `device_code_interval_seconds`,
-`device_code_approval` (`first-poll` | `manual`).
+`device_code_approval` (`first-poll` | `manual`), `mfa` (true by default: delegated tokens carry
+`amr: ["pwd", "mfa"]` as Entra ID's do after multifactor sign-in; false gives `["pwd"]`).
 
 Tokens are RS256 JWTs signed with a key kept in `$SANDBOX_DIR/identity-signing-key.pem` (created on
 first use); `verify_access_token` reads the same file, so other simulators (in this process or
@@ -190,6 +191,7 @@ class _Settings:
     device_code_lifetime_seconds: int = 900
     device_code_interval_seconds: int = 5
     device_code_approval: DeviceCodeApproval = "first-poll"
+    mfa: bool = True
     issued: list[JsonDict] = field(default_factory=list)
 
 
@@ -413,6 +415,7 @@ class IdentitySimulator(Simulator):
                 "unique_name": user,
                 "name": "Sandbox Referrals Admin",
                 "scp": "user_impersonation",
+                "amr": ["pwd", "mfa"] if self.settings.mfa else ["pwd"],
             }
         self.settings.issued.append({"aud": resource, "appid": client_id, "upn": user, "exp": now + lifetime})
         return self._sign(claims), lifetime
@@ -667,6 +670,8 @@ class IdentitySimulator(Simulator):
                     setattr(self.settings, name, value)
                 elif name == "device_code_approval" and value in ("first-poll", "manual"):
                     self.settings.device_code_approval = value
+                elif name == "mfa" and isinstance(value, bool):
+                    self.settings.mfa = value
                 else:
                     return json_response(
                         400, {"error": {"code": "BadSettings", "message": f"{name}={value!r} is not a valid setting"}}

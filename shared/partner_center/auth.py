@@ -6,7 +6,8 @@
   concurrency, whenever MSAL changed it.
 - `refresh()`: the timer's job: force a refresh-token redemption so it never idles out (90 days),
   and record success or the error for the health page. Never raises for a refresh failure.
-- `health_summary()`: signed-in account, last refresh-token use, last refresh error.
+- `health_summary()`: signed-in account, whether the sign-in used multifactor authentication, last
+  refresh-token use, last refresh error.
 
 The confidential client authenticates with its secret on every grant, the device code included
 (real Entra's rules for secrets on the device code grant are not in our reference; a refresh
@@ -17,6 +18,8 @@ with our TLS context instead.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -169,12 +172,33 @@ class PartnerCenterAuth:
             stored = self._store.load()
         except Exception as error:  # health must report, never crash
             return {"signed_in": False, "error": f"{type(error).__name__}: {error}"}
+        multifactor = multifactor_of_cache(stored.cache)
         return {
             "signed_in": bool(stored.cache and stored.account),
             "account": stored.account,
+            "multifactor": multifactor,
             "signed_in_at": stored.signed_in_at,
             "refresh_token_last_used_at": stored.last_refresh_at,
             "last_refresh_error": stored.last_refresh_error,
             "last_refresh_error_at": stored.last_refresh_error_at,
-            "healthy": bool(stored.cache and stored.account) and not stored.last_refresh_error,
+            "healthy": bool(stored.cache and stored.account) and not stored.last_refresh_error and multifactor is not False,
         }
+
+
+def multifactor_of_cache(serialized_cache: str | None) -> bool | None:
+    """Whether the newest cached access token says the user signed in with MFA (`amr` has "mfa").
+
+    Partner Center refuses App+User calls without MFA, so a sign-in without it will fail. None when
+    no token says either way. The token came straight from the authority over TLS and is only read
+    here, never trusted for access, so its signature is not checked."""
+    if not serialized_cache:
+        return None
+    try:
+        tokens = list((json.loads(serialized_cache).get("AccessToken") or {}).values())
+        newest = max(tokens, key=lambda entry: int(entry.get("cached_at") or 0))
+        payload = str(newest["secret"]).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    methods = claims.get("amr") if isinstance(claims, dict) else None
+    return "mfa" in methods if isinstance(methods, list) else None
