@@ -119,3 +119,31 @@ def quarantine_poison_sync_request(message: func.QueueMessage) -> None:
         payload=message.get_body().decode("utf-8", errors="replace"),
         dequeue_count=getattr(message, "dequeue_count", None) or 0,
     )
+
+
+# ---- Status page and alerts -----------------------------------------------------------------------
+# Anonymous for the Functions host: in Azure, App Service authentication (Entra ID) guards it and the
+# page checks the admin app role; in the sandbox the page checks the function key itself.
+@app.route(route="status", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The status page (GET) and its Replay action (POST, CSRF-protected)."""
+    from shared.admin.page import PageRequest
+
+    response = bootstrap.status_page(
+        PageRequest(
+            method=req.method.upper(),
+            url=req.url,
+            params=dict(req.params),
+            headers=dict(req.headers),
+            body=req.get_body() or b"",
+        )
+    )
+    return func.HttpResponse(
+        response.body, status_code=response.status, headers=response.headers, mimetype="text/html", charset="utf-8"
+    )
+
+
+@app.timer_trigger(arg_name="timer", schedule="%ALERT_SCHEDULE%", run_on_startup=False)
+def evaluate_alerts(timer: func.TimerRequest) -> None:
+    """Send Teams / Slack / email alerts that are due (deduplicated); never touches a sync."""
+    runs.recorded(bootstrap.state_store, runs.ALERTS, bootstrap.send_alerts)

@@ -166,6 +166,7 @@ var tableNames = [
   'deadletters'
   'tokencache'
   'activity'
+  'alerts'
 ]
 var queues = [for queueName in queueNames: { name: queueName }]
 var tables = [for tableName in tableNames: { name: tableName }]

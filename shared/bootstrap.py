@@ -7,6 +7,7 @@ Tests build their own objects from `Settings` instead of going through these pro
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,9 @@ from shared.sync.state import StateStore
 from shared.sync.storage import StorageAccount
 
 if TYPE_CHECKING:
+    from shared.admin.alerts import RunResult
+    from shared.admin.page import PageRequest, PageResponse
+    from shared.admin.status import StatusSnapshot
     from shared.partner_center.auth import PartnerCenterAuth
     from shared.partner_center.client import PartnerCenterClient
     from shared.partner_center.webhook import SignatureVerifier
@@ -85,6 +89,46 @@ def sync_engine() -> SyncEngine:
     from shared.sync.engine import SyncEngine
 
     return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
+
+
+def status_snapshot(current: Settings, query: str | None = None) -> StatusSnapshot:
+    """Everything the status page shows (and the alerts judge), read now."""
+    from shared.admin import status
+
+    return status.gather(
+        current,
+        state_store(),
+        queue_producer(),
+        pc_sign_in=lambda: partner_center_auth().health_summary(),
+        inbound_referrals=lambda: partner_center().list_referrals(filter=status.INBOUND_WAITING_FILTER),
+        query=query,
+    )
+
+
+def status_page(request: PageRequest) -> PageResponse:
+    from shared.admin import page
+    from shared.sync.failures import replay_dead_letter
+
+    return page.handle(
+        request,
+        load_settings=settings,
+        snapshot=status_snapshot,
+        replay=lambda letter_id: replay_dead_letter(state_store(), queue_producer(), letter_id),
+    )
+
+
+ACTIVITY_KEPT = dt.timedelta(days=2)
+"""Activity rows older than this are pruned by the alerts timer (the page shows 24 hours)."""
+
+
+def send_alerts() -> RunResult:
+    from shared.admin import alert_channels, alerts
+
+    current = settings()
+    state_store().prune_activity(dt.datetime.now(dt.UTC) - ACTIVITY_KEPT)
+    return alerts.run(
+        current, status_snapshot(current), alerts.AlertLedger(storage()), alert_channels.AlertChannels(current)
+    )
 
 
 def reset() -> None:

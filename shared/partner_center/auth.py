@@ -181,7 +181,9 @@ class PartnerCenterAuth:
             "refresh_token_last_used_at": stored.last_refresh_at,
             "last_refresh_error": stored.last_refresh_error,
             "last_refresh_error_at": stored.last_refresh_error_at,
-            "healthy": bool(stored.cache and stored.account) and not stored.last_refresh_error and multifactor is not False,
+            "healthy": bool(stored.cache and stored.account)
+            and not stored.last_refresh_error
+            and multifactor is not False,
         }
 
 

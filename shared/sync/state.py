@@ -11,7 +11,7 @@ Tables (created on first use; Azure table names are alphanumeric):
 - `deadletters`: messages that exhausted their retries (PartitionKey `deadletter`, newest first),
   and the last error of a message still being retried (PartitionKey `lasterror`, by payload hash),
   so a dead letter can say *why* it died.
-- `activity`: one small row per audit entry (PartitionKey = UTC hour `YYYYMMDDHH`, newest hours
+- `activity`: one small row per audit entry, failed queue attempt and dead letter (PartitionKey = UTC hour `YYYYMMDDHH`, newest hours
   last), so "syncs in the last hour / day by outcome" is a read of 24 partitions rather than a
   scan of every link's audit. Rows, not counters: concurrent workers never contend on one row.
 
@@ -39,6 +39,10 @@ AUDIT_TABLE = "audit"
 DEADLETTERS_TABLE = "deadletters"
 ACTIVITY_TABLE = "activity"
 ALL_TABLES = (LINKS_TABLE, WATERMARKS_TABLE, AUDIT_TABLE, DEADLETTERS_TABLE, ACTIVITY_TABLE)
+
+# Activity outcomes besides the audit's own: a queue attempt that raised, a message given up on.
+FAILED_ATTEMPT = "failed attempt"
+DEAD_LETTER = "dead letter"
 
 CrmObject = Literal["opportunity", "lead"]
 LinkState = Literal["creating", "linked", "error", "skipped"]
@@ -205,6 +209,7 @@ class DeadLetter(BaseModel):
     dequeue_count: int
     time: dt.datetime
     replayed_at: dt.datetime | None = None
+    etag: str | None = Field(default=None, description="the row's ETag when read; not stored")
 
 
 class FailureNote(BaseModel):
@@ -392,18 +397,17 @@ class StateStore:
                 "Message": message[:_CHUNK],
             }
         )
-        self._table(ACTIVITY_TABLE).create_entity(
-            {
-                "PartitionKey": _hour_key(moment),
-                "RowKey": _inverted_time_key(moment),
-                "Outcome": outcome,
-                "LinkId": link_id,
-            }
-        )
+        self._count_activity(moment, outcome)
         return AuditEntry(link_id=link_id, time=moment, direction=direction, outcome=outcome, message=message[:_CHUNK])
 
+    def _count_activity(self, moment: dt.datetime, outcome: str) -> None:
+        self._table(ACTIVITY_TABLE).create_entity(
+            {"PartitionKey": _hour_key(moment), "RowKey": _inverted_time_key(moment), "Outcome": outcome}
+        )
+
     def count_outcomes(self, since: dt.datetime, *, until: dt.datetime | None = None) -> dict[str, int]:
-        """How many audit entries of each outcome were written at or after `since` (all links)."""
+        """How many audit entries of each outcome (plus `failed attempt` per queue retry and
+        `dead letter`) were written at or after `since`, across all links."""
         end = until or _now()
         counts: dict[str, int] = {}
         entities = self._table(ACTIVITY_TABLE).query_entities(
@@ -502,6 +506,7 @@ class StateStore:
         """Remember why a message failed, so its dead letter can say so if it never succeeds."""
         from azure.data.tables import UpdateMode
 
+        self._count_activity(_now(), FAILED_ATTEMPT)
         self._table(DEADLETTERS_TABLE).upsert_entity(
             {
                 "PartitionKey": "lasterror",
@@ -554,6 +559,7 @@ class StateStore:
         )
         if note is not None:
             self.clear_failure(queue, payload)
+        self._count_activity(moment, DEAD_LETTER)
         return letter
 
     def list_dead_letters(self, *, limit: int = 50) -> list[DeadLetter]:
@@ -576,11 +582,35 @@ class StateStore:
             return None
         return self._dead_letter(entity)
 
-    def mark_dead_letter_replayed(self, letter_id: str) -> None:
+    def mark_dead_letter_replayed(self, letter_id: str, *, etag: str | None = None) -> DeadLetter:
+        """Mark a dead letter replayed. With `etag` (from `get_dead_letter`) only if nobody changed
+        it since, so two admins replaying at once cannot both win."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
+        entity = {"PartitionKey": "deadletter", "RowKey": _check_key(letter_id, "dead letter id"), "ReplayedAt": _now()}
+        condition = MatchConditions.IfNotModified if etag else MatchConditions.Unconditionally
+        try:
+            self._table(DEADLETTERS_TABLE).update_entity(
+                entity, mode=UpdateMode.MERGE, etag=etag, match_condition=condition
+            )
+        except (ResourceModifiedError, ResourceNotFoundError) as error:
+            raise ConcurrencyConflictError(f"dead letter {letter_id} changed since it was read") from error
+        marked = self.get_dead_letter(letter_id)
+        if marked is None:
+            raise ConcurrencyConflictError(f"dead letter {letter_id} was deleted meanwhile")
+        return marked
+
+    def unmark_dead_letter_replayed(self, letter: DeadLetter) -> None:
+        """Undo `mark_dead_letter_replayed` when the message could not be put back on its queue."""
+        from azure.core import MatchConditions
+        from azure.data.tables import UpdateMode
+
+        entity = self._table(DEADLETTERS_TABLE).get_entity("deadletter", _check_key(letter.id, "dead letter id"))
+        restored = {key: value for key, value in entity.items() if key != "ReplayedAt"}
         self._table(DEADLETTERS_TABLE).update_entity(
-            {"PartitionKey": "deadletter", "RowKey": letter_id, "ReplayedAt": _now()}, mode=UpdateMode.MERGE
+            restored, mode=UpdateMode.REPLACE, etag=letter.etag, match_condition=MatchConditions.IfNotModified
         )
 
     def count_dead_letters(self, *, include_replayed: bool = False) -> int:
@@ -598,4 +628,5 @@ class StateStore:
             dequeue_count=int(entity["DequeueCount"]),
             time=entity["Time"],
             replayed_at=entity.get("ReplayedAt"),
+            etag=_etag_of(entity),
         )
