@@ -124,7 +124,9 @@ def evaluate(snapshot: StatusSnapshot, settings: Settings) -> list[Alert]:
                 "watch the next CRM poll succeed on the status page.",
             )
         )
-    alerts += _quiet_jobs(snapshot, settings, now)
+    # A CRM sign-in failure also stops the CRM poll: one alert for one cause.
+    covered = {runs.CRM_POLL} if any(alert.kind == "crm_auth" for alert in alerts) else set()
+    alerts += _quiet_jobs(snapshot, settings, now, covered)
     for view in snapshot.errors.value or []:
         link = view.link
         subject = view.name or link.referral_id or link.crm_id or link.link_id
@@ -168,7 +170,7 @@ def evaluate(snapshot: StatusSnapshot, settings: Settings) -> list[Alert]:
     return alerts
 
 
-def _quiet_jobs(snapshot: StatusSnapshot, settings: Settings, now: dt.datetime) -> list[Alert]:
+def _quiet_jobs(snapshot: StatusSnapshot, settings: Settings, now: dt.datetime, covered: set[str]) -> list[Alert]:
     alerts: list[Alert] = []
     polls = {
         runs.CRM_POLL: ("The CRM poll", settings.crm_poll_schedule, "CRM_POLL_SCHEDULE"),
@@ -179,20 +181,19 @@ def _quiet_jobs(snapshot: StatusSnapshot, settings: Settings, now: dt.datetime) 
         ),
     }
     for job in snapshot.jobs.value or []:
-        if job.run is None:
+        if job.run is None or job.name in covered:
             continue  # never ran here yet (a fresh install): nothing has stopped
         age = job.age(now)
         if job.name in polls:
             label, schedule, setting = polls[job.name]
             # A slow schedule cannot be late before two of its own intervals have passed.
             limit = max(dt.timedelta(minutes=settings.alert_no_poll_minutes), 2 * _schedule_interval(schedule, now))
-            if age is None or age > limit:
-                since = f"for {_minutes(age)}" if age is not None else "since it was first run"
+            if age is not None and age > limit:
                 alerts.append(
                     Alert(
                         "no_poll",
                         f"no-poll:{job.name}",
-                        f"{label} has not succeeded {since}",
+                        f"{label} has not succeeded for {_minutes(age)}",
                         job.run.error or f"it last ran at {job.run.last_run_at:%Y-%m-%d %H:%M} UTC",
                         f"Check that the Function app is running and its {setting} timer fires; the error above "
                         "says what stops it.",
@@ -317,7 +318,7 @@ def send_due(
             delivered.append(alert)
     rest = due[IMMEDIATE_LIMIT:]
     if rest:
-        failures = sender(f"{len(rest)} more problems need attention", rest, page_url)
+        failures = sender(f"{_problems(len(rest), 'more ')} need attention", rest, page_url)
         errors += failures
         if _taken(failures, sender):
             for alert in rest:
@@ -327,12 +328,16 @@ def send_due(
     today = now.date()
     already_alerted = [alert for alert in alerts if alert not in due]
     if already_alerted and now.hour >= digest_hour and ledger.last_digest() != today:
-        failures = sender(f"Daily digest: {len(already_alerted)} problems still open", already_alerted, page_url)
+        failures = sender(f"Daily digest: {_problems(len(already_alerted))} still open", already_alerted, page_url)
         errors += failures
         if _taken(failures, sender):
             ledger.mark_digest(today)
             digest = True
     return RunResult(delivered, digest, errors)
+
+
+def _problems(count: int, qualifier: str = "") -> str:
+    return f"{count} {qualifier}problem" + ("" if count == 1 else "s")
 
 
 def _taken(failures: list[str], sender: Sender) -> bool:

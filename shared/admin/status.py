@@ -75,7 +75,8 @@ class JobStatus:
     run: JobRun | None
 
     def age(self, now: dt.datetime) -> dt.timedelta | None:
-        moment = self.run.last_success_at if self.run else None
+        """How long since the job was last known to work (None: it never ran here)."""
+        moment = self.run.healthy_at if self.run else None
         return now - moment if moment else None
 
 

@@ -195,6 +195,12 @@ class JobRun(BaseModel):
     succeeded: bool
     error: str | None = None
     last_success_at: dt.datetime | None = None
+    failing_since: dt.datetime | None = Field(default=None, description="first failed run since the last success")
+
+    @property
+    def healthy_at(self) -> dt.datetime | None:
+        """When the job was last known to work: its last success, or else when it started failing."""
+        return self.last_success_at or self.failing_since
 
 
 def _hour_key(moment: dt.datetime) -> str:
@@ -440,24 +446,29 @@ class StateStore:
         from azure.data.tables import UpdateMode
 
         moment = _now()
+        previous = None if error is None else self.get_run(name)
+        failing_since = None
+        if error is not None:
+            failing_since = previous.failing_since if previous and previous.failing_since else moment
         entity: dict[str, Any] = {
             "PartitionKey": "run",
             "RowKey": _check_key(name, "job name"),
             "LastRunAt": moment,
             "Succeeded": error is None,
             "Error": (error or "")[:_CHUNK],
+            "FailingSince": failing_since or "",
         }
         if error is None:
             entity["LastSuccessAt"] = moment
         # MERGE keeps LastSuccessAt of an earlier run when this one failed.
         self._table(WATERMARKS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
-        previous = None if error is None else self.get_run(name)
         return JobRun(
             name=name,
             last_run_at=moment,
             succeeded=error is None,
             error=error,
             last_success_at=moment if error is None else (previous.last_success_at if previous else None),
+            failing_since=failing_since,
         )
 
     def get_run(self, name: str) -> JobRun | None:
@@ -473,6 +484,7 @@ class StateStore:
             succeeded=bool(entity.get("Succeeded")),
             error=entity.get("Error") or None,
             last_success_at=entity.get("LastSuccessAt"),
+            failing_since=entity.get("FailingSince") or None,
         )
 
     def list_audit(self, link_id: str, *, limit: int = 20) -> list[AuditEntry]:

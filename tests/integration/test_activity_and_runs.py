@@ -57,3 +57,13 @@ def test_a_failed_run_keeps_the_time_of_the_last_success(state: StateStore) -> N
     assert failed.error == "RuntimeError: Salesforce said INVALID_SESSION_ID"
     assert failed.last_success_at == first.last_success_at
     assert failed.last_run_at > first.last_run_at
+    assert failed.failing_since == failed.last_run_at
+
+    with pytest.raises(RuntimeError):
+        runs.recorded(lambda: state, name, broken)
+    still = state.get_run(name)
+    assert still is not None and still.failing_since == failed.failing_since  # since the first failure
+
+    runs.recorded(lambda: state, name, lambda: None)
+    healed = state.get_run(name)
+    assert healed is not None and healed.succeeded and healed.failing_since is None and healed.error is None
