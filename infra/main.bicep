@@ -107,8 +107,10 @@ param statusPageClientId string = ''
 @description('Alert channels whose secret (a webhook URL or the SMTP password) is set in Key Vault, comma-separated: teams, slack, smtp.')
 param alertSecrets string = ''
 
-@description('ALERT_SMTP_HOST / ALERT_SMTP_USERNAME / ALERT_EMAIL_FROM / ALERT_EMAIL_TO: email alerts (empty host = none).')
+@description('ALERT_SMTP_*, ALERT_EMAIL_FROM / ALERT_EMAIL_TO: email alerts (empty host = none).')
 param alertSmtpHost string = ''
+param alertSmtpPort string = '587'
+param alertSmtpSecurity string = 'starttls'
 param alertSmtpUsername string = ''
 param alertEmailFrom string = ''
 param alertEmailTo string = ''
@@ -237,8 +239,8 @@ var appSettings = {
   ALERT_TEAMS_WEBHOOK_URL: contains(split(alertSecrets, ','), 'teams') ? keyVaultReference(keyVault.outputs.uri, 'alert-teams-webhook-url') : ''
   ALERT_SLACK_WEBHOOK_URL: contains(split(alertSecrets, ','), 'slack') ? keyVaultReference(keyVault.outputs.uri, 'alert-slack-webhook-url') : ''
   ALERT_SMTP_HOST: alertSmtpHost
-  ALERT_SMTP_PORT: '587'
-  ALERT_SMTP_SECURITY: 'starttls'
+  ALERT_SMTP_PORT: alertSmtpPort
+  ALERT_SMTP_SECURITY: alertSmtpSecurity
   ALERT_SMTP_USERNAME: alertSmtpUsername
   ALERT_SMTP_PASSWORD: contains(split(alertSecrets, ','), 'smtp') ? keyVaultReference(keyVault.outputs.uri, 'alert-smtp-password') : ''
   ALERT_EMAIL_FROM: alertEmailFrom
