@@ -21,7 +21,8 @@ from shared.sync.storage import StorageAccount
 if TYPE_CHECKING:
     from shared.admin.alerts import RunResult
     from shared.admin.page import PageRequest, PageResponse
-    from shared.admin.status import StatusSnapshot
+    from shared.admin.status import RecentValue, StatusSnapshot
+    from shared.model.referral import Referral
     from shared.partner_center.auth import PartnerCenterAuth
     from shared.partner_center.client import PartnerCenterClient
     from shared.partner_center.webhook import SignatureVerifier
@@ -91,6 +92,16 @@ def sync_engine() -> SyncEngine:
     return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
 
 
+@functools.cache
+def inbound_referrals() -> RecentValue[list[Referral]]:
+    """Partner Center's inbound referrals waiting for an answer, read at most once a minute."""
+    from shared.admin import status
+
+    return status.RecentValue(
+        lambda: list(partner_center().list_referrals(filter=status.INBOUND_WAITING_FILTER)), status.INBOUND_MAX_AGE
+    )
+
+
 def status_snapshot(current: Settings, query: str | None = None) -> StatusSnapshot:
     """Everything the status page shows (and the alerts judge), read now."""
     from shared.admin import status
@@ -100,7 +111,7 @@ def status_snapshot(current: Settings, query: str | None = None) -> StatusSnapsh
         state_store(),
         queue_producer(),
         pc_sign_in=lambda: partner_center_auth().health_summary(),
-        inbound_referrals=lambda: partner_center().list_referrals(filter=status.INBOUND_WAITING_FILTER),
+        inbound_referrals=inbound_referrals().get,
         query=query,
     )
 
@@ -143,6 +154,7 @@ def reset() -> None:
         crm,
         partner_center,
         sync_engine,
+        inbound_referrals,
     ):
         cached.cache_clear()
 

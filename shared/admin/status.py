@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -25,6 +26,9 @@ Value = TypeVar("Value")
 
 INBOUND_WAITING_FILTER = "direction eq 'Incoming' and status eq 'New'"
 """Partner Center's inbound referrals still waiting for an answer (a documented `$filter`)."""
+INBOUND_MAX_AGE = dt.timedelta(seconds=60)
+"""How long the list of waiting referrals is reused: a page open all day must not spend Partner
+Center's request quota on a list that changes a few times a day."""
 INBOUND_LIFETIME = dt.timedelta(days=14)
 """Inbound referrals expire this long after creation when Partner Center gives no expirationDateTime."""
 SEARCH_LIMIT = 20
@@ -58,6 +62,26 @@ def _read(what: str, reader: Callable[[], Value]) -> Part[Value]:
     except Exception as error:  # shown on the page in plain words; the rest of the page still works
         log.warning("status page: could not read %s: %s", what, error)
         return Part(error=f"could not read {what}: {type(error).__name__}: {error}")
+
+
+class RecentValue(Generic[Value]):
+    """`load()`'s value, loaded again only when older than `max_age`; a failed load is not kept."""
+
+    def __init__(
+        self, load: Callable[[], Value], max_age: dt.timedelta, clock: Callable[[], dt.datetime] = _now
+    ) -> None:
+        self._load = load
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._loaded: tuple[dt.datetime, Value] | None = None
+
+    def get(self) -> Value:
+        with self._lock:
+            now = self._clock()
+            if self._loaded is None or now - self._loaded[0] > self._max_age:
+                self._loaded = (now, self._load())
+            return self._loaded[1]
 
 
 @dataclass

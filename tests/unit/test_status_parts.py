@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from shared.admin import alerts, status
 from shared.settings import Settings, load_settings
 from shared.sync import runs
@@ -82,3 +84,25 @@ def test_a_slow_schedule_is_not_late_before_two_of_its_intervals() -> None:
     assert late[0].title == "The Partner Center reconcile poll has not succeeded for 31 min"
     crm_late = alerts.evaluate(_snapshot(now, runs.CRM_POLL, now - dt.timedelta(minutes=16)), settings)
     assert [alert.cause for alert in crm_late] == [f"no-poll:{runs.CRM_POLL}"]
+
+
+def test_the_waiting_referrals_are_read_at_most_once_a_minute_and_a_failure_is_not_kept() -> None:
+    moments = [dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)]
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        if len(loads) == 3:
+            raise RuntimeError("Partner Center is down")
+        return len(loads)
+
+    recent = status.RecentValue(load, dt.timedelta(seconds=60), clock=lambda: moments[-1])
+    assert recent.get() == 1
+    moments.append(moments[-1] + dt.timedelta(seconds=59))
+    assert recent.get() == 1 and len(loads) == 1
+    moments.append(moments[-1] + dt.timedelta(seconds=2))
+    assert recent.get() == 2
+    moments.append(moments[-1] + dt.timedelta(seconds=61))
+    with pytest.raises(RuntimeError, match="Partner Center is down"):
+        recent.get()
+    assert recent.get() == 4  # the failed load was not kept
