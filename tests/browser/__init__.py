@@ -72,8 +72,9 @@ class Browser:
     def wait_until_gone(self, selector: str, *, timeout: float) -> dict[str, Any]:
         return self.command("waitText", selector=selector, contains="", absent=True, timeout=timeout * 1000)
 
-    def click(self, selector: str) -> str:
-        return str(self.command("click", selector=selector)["url"])
+    def submit_form(self, button: str) -> int:
+        """Press a form's submit button; the HTTP status of the POST's answer."""
+        return int(self.command("click", selector=button)["status"])
 
     def search(self, selector: str, value: str) -> str:
         self.command("fill", selector=selector, value=value)

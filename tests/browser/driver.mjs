@@ -56,9 +56,13 @@ const commands = {
     }
     return { found: false, text: await textOf(selector), reloads: navigations - before };
   },
+  // Clicks a form's submit button and waits for the POST's answer; the page it leads to is awaited
+  // by the caller (waitText), since the page may also be reloading itself at that moment.
   async click({ selector }) {
-    await Promise.all([page.waitForNavigation({ waitUntil: "load" }), page.locator(selector).first().click()]);
-    return { url: page.url() };
+    const posted = page.waitForResponse((response) => response.request().method() === "POST", { timeout: 30000 });
+    await page.locator(selector).first().click();
+    const response = await posted;
+    return { url: page.url(), status: response.status() };
   },
   async fill({ selector, value }) { await page.locator(selector).first().fill(value); return {}; },
   async submit({ selector }) {
