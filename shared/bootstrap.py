@@ -15,7 +15,7 @@ from shared.admin.health import DetailSection
 from shared.crm.port import CrmPort
 from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.sync.queues import QueueProducer
-from shared.sync.state import StateStore
+from shared.sync.state import DeadLetter, StateStore
 from shared.sync.storage import StorageAccount
 
 if TYPE_CHECKING:
@@ -125,7 +125,15 @@ def status_page(request: PageRequest) -> PageResponse:
         load_settings=settings,
         snapshot=status_snapshot,
         replay=lambda letter_id: replay_dead_letter(state_store(), queue_producer(), letter_id),
+        find_letter=_find_dead_letter,
     )
+
+
+def _find_dead_letter(letter_id: str) -> DeadLetter | None:
+    try:
+        return state_store().get_dead_letter(letter_id)
+    except ValueError:  # not even a valid id
+        return None
 
 
 ACTIVITY_KEPT = dt.timedelta(days=2)

@@ -106,7 +106,7 @@ def handle(
     load_settings: Callable[[], Settings],
     snapshot: Callable[[Settings, str | None], StatusSnapshot],
     replay: Callable[[str], DeadLetter],
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    find_letter: Callable[[str], DeadLetter | None],
 ) -> PageResponse:
     try:
         settings = load_settings()
@@ -145,7 +145,10 @@ def handle(
             else:
                 return _redirect(request, replayed=letter_id)
     elif request.params.get("replayed"):
-        notice = ("ok", f"Dead letter {request.params['replayed']} is back on the sync queue.")
+        # Confirm only what really happened: a crafted link cannot make the page claim a replay.
+        letter = find_letter(request.params["replayed"])
+        if letter is not None and letter.replayed_at is not None:
+            notice = ("ok", f"Dead letter {letter.id} is back on the sync queue.")
 
     query = (request.params.get("q") or "").strip() or None
     current = snapshot(settings, query)

@@ -195,6 +195,9 @@ def test_replay_of_an_unknown_or_replayed_letter_says_so_and_changes_nothing(
         shown = client.get(done.headers["location"].replace("/api/status", f"{host.url}/api/status", 1))
         assert f"Dead letter {letter_id} is back on the sync queue." in shown.text
 
+        crafted = client.get(url(host, replayed=new_dead_letter(state)))  # never replayed: no false claim
+        assert crafted.status_code == 200 and "is back on the sync queue" not in crafted.text
+
         again = client.post(url(host), data={"csrf": token, "action": "replay", "letter": letter_id})
         assert again.status_code == 409 and "was replayed already" in again.text
         assert queue.depth(SYNC_QUEUE) == 1
