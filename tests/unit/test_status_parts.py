@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from shared.admin import alerts, status
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 from shared.sync import runs
 from shared.sync.state import JobRun
 from tests.conftest import base_environment
@@ -106,3 +106,36 @@ def test_the_waiting_referrals_are_read_at_most_once_a_minute_and_a_failure_is_n
     with pytest.raises(RuntimeError, match="Partner Center is down"):
         recent.get()
     assert recent.get() == 4  # the failed load was not kept
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (
+            {"STATUS_PAGE_REFRESH_SECONDS": "2"},
+            "STATUS_PAGE_REFRESH_SECONDS must be a number of seconds between 5 and 3600",
+        ),
+        ({"ALERT_DIGEST_HOUR": "24"}, "ALERT_DIGEST_HOUR must be an hour of the day between 0 and 23"),
+        ({"ALERT_EXPIRY_DAYS": "-1"}, "ALERT_EXPIRY_DAYS must be zero or a positive whole number"),
+        ({"ALERT_SCHEDULE": "every 5 minutes"}, "ALERT_SCHEDULE is not a valid six-field NCRONTAB expression"),
+        ({"ALERT_SLACK_WEBHOOK_URL": "http://hooks.slack.example/x"}, "ALERT_SLACK_WEBHOOK_URL is not an https URL"),
+        (
+            {"ALERT_SMTP_HOST": "smtp.contoso.com"},
+            "ALERT_EMAIL_FROM is missing: it is required when ALERT_SMTP_HOST is set",
+        ),
+        (
+            {
+                "ALERT_SMTP_HOST": "smtp.contoso.com",
+                "ALERT_SMTP_SECURITY": "none",
+                "ALERT_EMAIL_FROM": "a@contoso.com",
+                "ALERT_EMAIL_TO": "b@contoso.com",
+            },
+            "ALERT_SMTP_SECURITY is 'none' for a server that is not on this machine",
+        ),
+        ({"STATUS_PAGE_URL": "status page"}, "STATUS_PAGE_URL is not a URL"),
+    ],
+)
+def test_bad_status_and_alert_settings_are_named_in_plain_words(overrides: dict[str, str], problem: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        settings_for("salesforce", **overrides)
+    assert any(line.startswith(problem) for line in refused.value.problems), refused.value.problems
