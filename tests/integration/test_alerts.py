@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from aiosmtpd.controller import Controller
 import function_app
 from sandbox.azurite import Azurite
 from sandbox.host import LocalHost, functions_of
+from sandbox.tls import ensure_ca, issue_certificate
 from shared import bootstrap
 from shared.admin import alerts, status
 from shared.admin.alert_channels import AlertChannels
@@ -142,19 +144,18 @@ def storage(private_azurite: Azurite) -> StorageAccount:
 
 
 def alert_environment(connection: str, sink: WebhookSink, smtp_port: int, **overrides: str) -> dict[str, str]:
-    return base_environment(
-        connection,
-        ALERT_TEAMS_WEBHOOK_URL=f"{sink.url}/teams",
-        ALERT_SLACK_WEBHOOK_URL=f"{sink.url}/slack",
-        ALERT_SMTP_HOST="127.0.0.1",
-        ALERT_SMTP_PORT=str(smtp_port),
-        ALERT_SMTP_SECURITY="none",
-        ALERT_EMAIL_FROM="cosell-sync@contoso.com",
-        ALERT_EMAIL_TO="partner-ops@contoso.com, crm-admins@contoso.com",
-        STATUS_PAGE_URL=PAGE_URL,
-        ALERT_DIGEST_HOUR="0",
-        **overrides,
-    )
+    alert_settings = {
+        "ALERT_TEAMS_WEBHOOK_URL": f"{sink.url}/teams",
+        "ALERT_SLACK_WEBHOOK_URL": f"{sink.url}/slack",
+        "ALERT_SMTP_HOST": "127.0.0.1",
+        "ALERT_SMTP_PORT": str(smtp_port),
+        "ALERT_SMTP_SECURITY": "none",
+        "ALERT_EMAIL_FROM": "cosell-sync@contoso.com",
+        "ALERT_EMAIL_TO": "partner-ops@contoso.com, crm-admins@contoso.com",
+        "STATUS_PAGE_URL": PAGE_URL,
+        "ALERT_DIGEST_HOUR": "0",
+    }
+    return base_environment(connection, **{**alert_settings, **overrides})
 
 
 @dataclass
@@ -429,3 +430,49 @@ def test_the_timer_evaluates_alerts_and_a_failing_send_is_recorded_not_raised_in
     finally:
         host.stop()
         bootstrap.reset()
+
+
+def test_email_goes_over_starttls_with_the_smtp_sign_in(world: World) -> None:
+    from aiosmtpd.smtp import AuthResult
+
+    files = issue_certificate("alerts-smtp")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(files.cert_path, files.key_path)
+    mailbox = Mailbox()
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=auth_data.login == b"alerts" and auth_data.password == b"s3cret")
+
+    port = _free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        secure = {
+            "ALERT_SMTP_SECURITY": "starttls",
+            "ALERT_SMTP_USERNAME": "alerts",
+            "TLS_CA_BUNDLE": str(ensure_ca().cert_path),
+            "ALERT_TEAMS_WEBHOOK_URL": "",
+            "ALERT_SLACK_WEBHOOK_URL": "",
+        }
+        plain = load_settings(
+            alert_environment(world.connection, world.sink, port, **{**secure, "ALERT_SMTP_SECURITY": "none"})
+        )
+        (refused,) = AlertChannels(plain)("test", [], PAGE_URL)  # this server insists on TLS first
+        assert refused.startswith("email alert not sent: SMTP") and "STARTTLS" in refused
+        _dead_letter(world)
+        world.settings = load_settings(
+            alert_environment(world.connection, world.sink, port, ALERT_SMTP_PASSWORD="s3cret", **secure)
+        )
+        assert [alert.kind for alert in world.run().sent] == ["dead_letter"]
+        (email,) = mailbox.all()
+        assert "ref-42" in email["Subject"]
+    finally:
+        controller.stop()
