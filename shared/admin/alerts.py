@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.admin.status import StatusSnapshot
+from shared.admin.status import StatusSnapshot, sign_in_problem
 from shared.crm.port import CrmAuthError
 from shared.ncrontab import Schedule
 from shared.settings import Settings
@@ -90,36 +90,35 @@ def evaluate(snapshot: StatusSnapshot, settings: Settings) -> list[Alert]:
     """Every alert the snapshot calls for, conditions first."""
     now = snapshot.generated_at
     alerts: list[Alert] = []
-    sign_in = snapshot.connections[0]
-    facts = dict(sign_in.facts)
-    if facts.get("MFA") == "no":
+    sign_in = snapshot.pc_sign_in
+    if sign_in.get("signed_in") and sign_in.get("multifactor") is False:
         alerts.append(
             Alert(
                 "pc_mfa",
                 "pc-mfa",
-                f"The Partner Center sign-in ({facts.get('account')}) did not use multifactor authentication",
+                f"The Partner Center sign-in ({sign_in.get('account')}) did not use multifactor authentication",
                 "Partner Center refuses App+User calls from a sign-in without MFA, so syncs to and from it will fail.",
                 "Run python -m shared partner-center login again as the Referrals Admin, completing MFA.",
             )
         )
-    elif not sign_in.healthy:
+    elif not sign_in.get("healthy"):
         alerts.append(
             Alert(
                 "pc_sign_in",
                 "pc-sign-in",
                 "The Partner Center sign-in is not working",
-                sign_in.error or "the stored sign-in could not be used",
+                sign_in_problem(sign_in) or "the stored sign-in could not be used",
                 "Run python -m shared partner-center login as the Referrals Admin (docs/partner-center.md).",
             )
         )
-    crm = snapshot.connections[1]
-    if crm.error and crm.error.startswith(f"{CrmAuthError.__name__}:"):
+    crm_error = snapshot.crm_error
+    if crm_error and crm_error.startswith(f"{CrmAuthError.__name__}:"):
         alerts.append(
             Alert(
                 "crm_auth",
                 "crm-auth",
                 f"Co-sell Sync cannot sign in to {snapshot.crm_kind}",
-                crm.error,
+                crm_error,
                 f"Check the {snapshot.crm_kind} integration user and its secret (docs/{snapshot.crm_kind}.md), then "
                 "watch the next CRM poll succeed on the status page.",
             )

@@ -8,7 +8,6 @@ itself) under a per-response CSP nonce; it works without it, minus the self-refr
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import secrets
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from shared import __version__
-from shared.admin import access
+from shared.admin import access, status
 from shared.admin.alerts import evaluate
 from shared.admin.status import StatusSnapshot
 from shared.settings import Settings, SettingsError
@@ -59,7 +58,7 @@ def _environment() -> Any:
         lstrip_blocks=True,
     )
     environment.filters["utc"] = lambda moment: f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "never"
-    environment.globals["age"] = age
+    environment.globals["age"] = status.age
     return environment
 
 
@@ -172,17 +171,3 @@ def handle(
             token, secure=request.url.lower().startswith("https://"), path=path
         )
     return response
-
-
-def age(moment: dt.datetime | None, now: dt.datetime) -> str:
-    """'3 min ago' for the page."""
-    if moment is None:
-        return "never"
-    seconds = max(0, int((now - moment).total_seconds()))
-    if seconds < 90:
-        return f"{seconds} s ago"
-    if seconds < 5400:
-        return f"{seconds // 60} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} days ago"

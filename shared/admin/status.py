@@ -147,6 +147,10 @@ class SearchResult:
 class StatusSnapshot:
     generated_at: dt.datetime
     crm_kind: str
+    pc_sign_in: dict[str, Any] = field(repr=False)
+    """The Partner Center sign-in health summary (account, multifactor, healthy, errors)."""
+    crm_error: str | None
+    """Why the last CRM poll failed ("<error type>: <message>"), None when it worked or never ran."""
     connections: list[Connection]
     jobs: Part[list[JobStatus]]
     queues: Part[dict[str, int]]
@@ -215,10 +219,20 @@ def describe_payload(payload: str) -> str:
     return "a message without a referral or record id"
 
 
+def sign_in_problem(summary: dict[str, Any]) -> str | None:
+    """What is wrong with the Partner Center sign-in, in words (None: nothing)."""
+    error = summary.get("last_refresh_error") or summary.get("error")
+    if not summary.get("signed_in"):
+        return str(error or "no Partner Center sign-in is stored: run python -m shared partner-center login")
+    if summary.get("multifactor") is False:
+        return str(error or "the sign-in did not use multifactor authentication; Partner Center requires it")
+    return str(error) if error else None
+
+
 # ---- the parts ------------------------------------------------------------------------------------------
 def _connections(
     settings: Settings, state: StateStore, pc_sign_in: dict[str, Any], now: dt.datetime
-) -> list[Connection]:
+) -> tuple[list[Connection], str | None]:
     pc_facts = [("account", str(pc_sign_in.get("account") or "not signed in"))]
     multifactor = pc_sign_in.get("multifactor")
     pc_facts.append(("MFA", "yes" if multifactor else "no" if multifactor is False else "unknown"))
@@ -226,13 +240,10 @@ def _connections(
         pc_facts.append(("signed in", str(pc_sign_in["signed_in_at"])))
     last_used = pc_sign_in.get("refresh_token_last_used_at")
     if last_used:
-        pc_facts.append(("refresh token last used", f"{last_used} ({_age_text(last_used, now)})"))
-    pc_error = pc_sign_in.get("last_refresh_error") or pc_sign_in.get("error")
-    if not pc_sign_in.get("signed_in"):
-        pc_error = pc_error or "no Partner Center sign-in is stored: run python -m shared partner-center login"
-    elif multifactor is False:
-        pc_error = pc_error or "the sign-in did not use multifactor authentication; Partner Center requires it"
-    connections = [Connection("Partner Center sign-in", bool(pc_sign_in.get("healthy")), pc_facts, pc_error)]
+        pc_facts.append(("refresh token last used", f"{last_used} ({_age_text(str(last_used), now)})"))
+    connections = [
+        Connection("Partner Center sign-in", bool(pc_sign_in.get("healthy")), pc_facts, sign_in_problem(pc_sign_in))
+    ]
 
     poll = _read("the CRM poll", lambda: state.get_run(runs.CRM_POLL))
     poll_run = poll.value
@@ -241,17 +252,29 @@ def _connections(
     if poll_run and poll_run.last_success_at:
         crm_facts.append(("last successful call", f"{poll_run.last_success_at:%Y-%m-%d %H:%M:%S} UTC"))
     connections.append(Connection(f"CRM ({settings.crm_kind})", crm_error is None, crm_facts, crm_error))
-    return connections
+    return connections, crm_error
 
 
-def _age_text(moment: str | dt.datetime, now: dt.datetime) -> str:
+def age(moment: dt.datetime | None, now: dt.datetime) -> str:
+    """'3 min ago', in words for the page."""
+    if moment is None:
+        return "never"
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 90:
+        return f"{seconds} s ago"
+    if seconds < 5400:
+        return f"{seconds // 60} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
+
+
+def _age_text(moment: str, now: dt.datetime) -> str:
     try:
-        when = moment if isinstance(moment, dt.datetime) else dt.datetime.fromisoformat(str(moment))
+        when = dt.datetime.fromisoformat(moment)
     except ValueError:
         return "age unknown"
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return f"{max(0, (now - when).days)} days ago"
+    return age(when if when.tzinfo else when.replace(tzinfo=dt.UTC), now)
 
 
 def _errors(settings: Settings, state: StateStore) -> list[LinkView]:
@@ -343,7 +366,7 @@ def gather(
     moment = now or _now()
     sign_in = _read("the Partner Center sign-in", pc_sign_in)
     summary = sign_in.value or {"signed_in": False, "healthy": False, "error": sign_in.error}
-    connections = _connections(settings, state, summary, moment)
+    connections, crm_error = _connections(settings, state, summary, moment)
     storage = _read(
         "storage", lambda: {SYNC_QUEUE: queues.depth(SYNC_QUEUE), SYNC_POISON_QUEUE: queues.depth(SYNC_POISON_QUEUE)}
     )
@@ -358,6 +381,8 @@ def gather(
     return StatusSnapshot(
         generated_at=moment,
         crm_kind=settings.crm_kind,
+        pc_sign_in=summary,
+        crm_error=crm_error,
         connections=connections,
         jobs=_read("job runs", lambda: [JobStatus(name, label, state.get_run(name)) for name, label in JOBS]),
         queues=storage,

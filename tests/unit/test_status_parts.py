@@ -60,6 +60,8 @@ def _snapshot(now: dt.datetime, job: str, healthy_at: dt.datetime) -> status.Sta
     return status.StatusSnapshot(
         generated_at=now,
         crm_kind="salesforce",
+        pc_sign_in={"signed_in": True, "multifactor": True, "healthy": True},
+        crm_error=None,
         connections=[
             status.Connection("Partner Center sign-in", True, [("MFA", "yes")]),
             status.Connection("CRM (salesforce)", True, []),
