@@ -38,9 +38,14 @@ def storage() -> StorageAccount:
     return StorageAccount.from_settings(settings())
 
 
+def clock() -> dt.datetime:
+    """The one clock of the engine and the state store (tests inject their own into both)."""
+    return dt.datetime.now(dt.UTC)
+
+
 @functools.cache
 def state_store() -> StateStore:
-    return StateStore(storage())
+    return StateStore(storage(), clock=clock)
 
 
 @functools.cache
@@ -89,7 +94,7 @@ def partner_center() -> PartnerCenterClient:
 def sync_engine() -> SyncEngine:
     from shared.sync.engine import SyncEngine
 
-    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
+    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm(), clock=clock)
 
 
 @functools.cache

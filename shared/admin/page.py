@@ -21,7 +21,7 @@ from shared.admin import access, status
 from shared.admin.alerts import evaluate
 from shared.admin.status import StatusSnapshot
 from shared.settings import Settings, SettingsError
-from shared.sync.failures import AlreadyReplayed, DeadLetterNotFound, ReplayError
+from shared.sync.failures import DeadLetterNotFound, ReplayError
 from shared.sync.state import DeadLetter
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -99,6 +99,36 @@ def _form(request: PageRequest) -> dict[str, str]:
     return dict(parse_qsl(text, keep_blank_values=True))
 
 
+Notice = tuple[str, str]
+"""('ok' | 'error', sentence) shown at the top of the page."""
+
+
+def _replay(form: Mapping[str, str], replay: Callable[[str], DeadLetter]) -> tuple[Notice, int] | str:
+    """Run the Replay the form asks for: the replayed letter's id, or (what went wrong, HTTP status)."""
+    action = form.get("action", "")
+    letter_id = form.get("letter", "").strip()
+    if action != "replay":
+        return ("error", f"unknown action {action!r}: the page offers only Replay"), 400
+    if not letter_id:
+        return ("error", "Replay needs the id of a dead letter"), 400
+    try:
+        replay(letter_id)
+    except DeadLetterNotFound as error:
+        return ("error", str(error)), 404
+    except ReplayError as error:  # replayed already, or by someone else just now
+        return ("error", str(error)), 409
+    return letter_id
+
+
+def _replayed_notice(request: PageRequest, find_letter: Callable[[str], DeadLetter | None]) -> Notice | None:
+    """After a Replay's redirect. Confirms only what really happened: a crafted link cannot make the
+    page claim a replay."""
+    letter = find_letter(request.params["replayed"]) if request.params.get("replayed") else None
+    if letter is None or letter.replayed_at is None:
+        return None
+    return ("ok", f"Dead letter {letter.id} is back on the sync queue.")
+
+
 def handle(
     request: PageRequest,
     *,
@@ -118,36 +148,17 @@ def handle(
         return _message_page(denied.status, "Not allowed" if denied.status == 403 else "Sign-in needed", denied.reason)
 
     token, new_cookie = access.csrf_token(request.headers)
-    notice: tuple[str, str] | None = None
-    status = 200
+    notice, status = _replayed_notice(request, find_letter), 200
     if request.method == "POST":
         try:
             form = _form(request)
             access.check_csrf(request.headers, form)
         except access.AccessDenied as denied:
             return _message_page(denied.status, "Action refused", denied.reason)
-        action = form.get("action", "")
-        letter_id = form.get("letter", "").strip()
-        if action != "replay":
-            notice, status = ("error", f"unknown action {action!r}: the page offers only Replay"), 400
-        elif not letter_id:
-            notice, status = ("error", "Replay needs the id of a dead letter"), 400
-        else:
-            try:
-                replay(letter_id)
-            except DeadLetterNotFound as error:
-                notice, status = ("error", str(error)), 404
-            except AlreadyReplayed as error:
-                notice, status = ("error", str(error)), 409
-            except ReplayError as error:
-                notice, status = ("error", str(error)), 409
-            else:
-                return _redirect(request, replayed=letter_id)
-    elif request.params.get("replayed"):
-        # Confirm only what really happened: a crafted link cannot make the page claim a replay.
-        letter = find_letter(request.params["replayed"])
-        if letter is not None and letter.replayed_at is not None:
-            notice = ("ok", f"Dead letter {letter.id} is back on the sync queue.")
+        outcome = _replay(form, replay)
+        if isinstance(outcome, str):
+            return _redirect(request, replayed=outcome)
+        notice, status = outcome
 
     query = (request.params.get("q") or "").strip() or None
     current = snapshot(settings, query)

@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -227,8 +227,9 @@ class FailureNote(BaseModel):
 class StateStore:
     """All sync state. Thread-safe; table clients are built and tables created on first use."""
 
-    def __init__(self, storage: StorageAccount) -> None:
+    def __init__(self, storage: StorageAccount, *, clock: Callable[[], dt.datetime] = _now) -> None:
         self._storage = storage
+        self._clock = clock
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -250,6 +251,8 @@ class StateStore:
         """Insert a new link (and its index rows); `AlreadyExistsError` if the id is taken."""
         from azure.core.exceptions import ResourceExistsError
 
+        now = self._clock()
+        link = link.model_copy(update={"created_at": now, "updated_at": now})
         entity = link._entity()
         try:
             metadata = self._table(LINKS_TABLE).create_entity(entity)
@@ -279,7 +282,7 @@ class StateStore:
                 "save_link needs a link read from the store (it has no ETag); use create_link for new ones"
             )
         previous = self.get_link(link.link_id)
-        updated = link.model_copy(update={"updated_at": _now()})
+        updated = link.model_copy(update={"updated_at": self._clock()})
         try:
             metadata = self._table(LINKS_TABLE).update_entity(
                 updated._entity(),
@@ -371,7 +374,7 @@ class StateStore:
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        now = _now()
+        now = self._clock()
         entity = {
             "PartitionKey": "watermark",
             "RowKey": _check_key(name, "watermark name"),
@@ -392,7 +395,7 @@ class StateStore:
 
     # ---- audit ---------------------------------------------------------------------------------
     def append_audit(self, link_id: str, *, direction: str, outcome: str, message: str) -> AuditEntry:
-        moment = _now()
+        moment = self._clock()
         self._table(AUDIT_TABLE).create_entity(
             {
                 "PartitionKey": _check_key(link_id, "link id"),
@@ -414,7 +417,7 @@ class StateStore:
     def count_outcomes(self, since: dt.datetime, *, until: dt.datetime | None = None) -> dict[str, int]:
         """How many audit entries of each outcome (plus `failed attempt` per queue retry and
         `dead letter`) were written at or after `since`, across all links."""
-        end = until or _now()
+        end = until or self._clock()
         counts: dict[str, int] = {}
         entities = self._table(ACTIVITY_TABLE).query_entities(
             "PartitionKey ge @first and PartitionKey le @last",
@@ -445,7 +448,7 @@ class StateStore:
         """Note that job `name` (a timer, the webhook intake) just ran, and how."""
         from azure.data.tables import UpdateMode
 
-        moment = _now()
+        moment = self._clock()
         previous = None if error is None else self.get_run(name)
         failing_since = None
         if error is not None:
@@ -518,14 +521,14 @@ class StateStore:
         """Remember why a message failed, so its dead letter can say so if it never succeeds."""
         from azure.data.tables import UpdateMode
 
-        self._count_activity(_now(), FAILED_ATTEMPT)
+        self._count_activity(self._clock(), FAILED_ATTEMPT)
         self._table(DEADLETTERS_TABLE).upsert_entity(
             {
                 "PartitionKey": "lasterror",
                 "RowKey": self._payload_key(queue, payload),
                 "Error": error[:_CHUNK],
                 "DequeueCount": dequeue_count,
-                "Time": _now(),
+                "Time": self._clock(),
             },
             mode=UpdateMode.REPLACE,
         )
@@ -549,7 +552,7 @@ class StateStore:
         note = self.last_failure(queue, payload)
         explained = reason or (note.error if note else None)
         explained = explained or "no error was recorded for this message (it may have timed out or crashed the worker)"
-        moment = _now()
+        moment = self._clock()
         letter = DeadLetter(
             id=_inverted_time_key(moment),
             queue=queue,
@@ -601,7 +604,11 @@ class StateStore:
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        entity = {"PartitionKey": "deadletter", "RowKey": _check_key(letter_id, "dead letter id"), "ReplayedAt": _now()}
+        entity = {
+            "PartitionKey": "deadletter",
+            "RowKey": _check_key(letter_id, "dead letter id"),
+            "ReplayedAt": self._clock(),
+        }
         condition = MatchConditions.IfNotModified if etag else MatchConditions.Unconditionally
         try:
             self._table(DEADLETTERS_TABLE).update_entity(

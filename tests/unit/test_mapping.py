@@ -15,10 +15,12 @@ from shared.crm.port import (
     CrmSolution,
     StageFacts,
 )
-from shared.mapping.rules import ACCEPT, crm_object_for
+from shared.mapping.fields import ReadContext, decimal_text
+from shared.mapping.rules import crm_object_for
+from shared.mapping.status import ACCEPT
 from shared.mapping.to_crm import record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
-from shared.mapping.views import crm_view, decimal_text, referral_view, same_value
+from shared.mapping.views import crm_view, referral_view, same_value
 from shared.model.referral import Referral
 
 REFERRAL: dict[str, Any] = {
@@ -79,7 +81,7 @@ def test_microsofts_related_referral_supplies_the_msx_id() -> None:
     ours = Referral.model_validate({**REFERRAL, "trackingInfo": None})
     microsoft = Referral.model_validate({"id": "m-1", "trackingInfo": {"microsoftMsxId": "MSX-42"}})
     assert "microsoft_crm_id" not in referral_view(ours)
-    assert referral_view(ours, related=microsoft)["microsoft_crm_id"] == "MSX-42"
+    assert referral_view(ours, ReadContext(related=microsoft))["microsoft_crm_id"] == "MSX-42"
 
 
 def record(**overrides: Any) -> CrmRecord:
@@ -102,7 +104,7 @@ def record(**overrides: Any) -> CrmRecord:
 
 
 def test_crm_view_matches_the_referral_view_for_the_same_facts() -> None:
-    crm = crm_view(record(), pending_stage="Prospecting", accept_country_names=True)
+    crm = crm_view(record(), ReadContext(pending_stage="Prospecting", accept_country_names=True))
     pc = referral_view(Referral.model_validate(REFERRAL))
     assert crm["deal_value"] == pc["deal_value"] == "120000"
     assert crm["customer"]["country"] == "DE"  # "Germany" read as DE because names are accepted
@@ -114,13 +116,15 @@ def test_crm_view_matches_the_referral_view_for_the_same_facts() -> None:
 
 
 def test_country_text_is_kept_as_typed_when_names_are_not_accepted() -> None:
-    crm = crm_view(record(), pending_stage=None, accept_country_names=False)
+    crm = crm_view(record(), ReadContext(pending_stage=None, accept_country_names=False))
     assert crm["customer"]["country"] == "Germany"
-    assert crm["lifecycle"] == "open"  # no pending stage (Dynamics 365)
+    assert crm["lifecycle"] == "active"  # no pending stage (Dynamics 365)
 
 
 def test_a_single_currency_org_has_no_currency_key() -> None:
-    assert "currency" not in crm_view(record(currency=None), pending_stage=None, accept_country_names=False)
+    assert "currency" not in crm_view(
+        record(currency=None), ReadContext(pending_stage=None, accept_country_names=False)
+    )
 
 
 def test_decimal_text_is_canonical() -> None:
@@ -166,7 +170,7 @@ def test_patch_of_a_customer_sends_the_name_and_the_address_with_an_iso_country(
 
 
 def test_new_referral_body_for_a_co_sell() -> None:
-    view = crm_view(record(), pending_stage=None, accept_country_names=True)
+    view = crm_view(record(), ReadContext(pending_stage=None, accept_country_names=True))
     body = new_referral(view, crm_record_id="006A", accept_country_names=True)
     assert body["externalReferenceId"] == "006A"
     assert body["type"] == "Shared"
@@ -182,7 +186,8 @@ def test_new_referral_body_for_a_co_sell() -> None:
 
 def test_a_private_deal_is_independent_and_not_shared() -> None:
     view = crm_view(
-        record(connector=ConnectorFields(sync_enabled=True)), pending_stage=None, accept_country_names=False
+        record(connector=ConnectorFields(sync_enabled=True)),
+        ReadContext(pending_stage=None, accept_country_names=False),
     )
     body = new_referral(view, crm_record_id="006A", accept_country_names=True)
     assert body["type"] == "Independent"
@@ -234,3 +239,15 @@ def test_lead_referrals_become_leads() -> None:
     )
     assert crm_object_for(lead) == crm_object_for(qualified) == "lead"
     assert crm_object_for(Referral.model_validate(REFERRAL)) == "opportunity"
+
+
+def test_docs_table_of_synced_fields_matches_the_registry() -> None:
+    """docs/sync.md embeds `python -m shared fields-reference`; keep it current."""
+    from pathlib import Path
+
+    from shared.mapping.fields import reference_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sync.md").read_text(encoding="utf-8")
+    start = text.index("<!-- fields-reference:start -->") + len("<!-- fields-reference:start -->")
+    end = text.index("<!-- fields-reference:end -->")
+    assert text[start:end].strip() == reference_table().strip()
