@@ -144,7 +144,8 @@ def evaluate(snapshot: StatusSnapshot, settings: Settings) -> list[Alert]:
             Alert(
                 "dead_letter",
                 f"dead-letter:{item.letter.id}",
-                f"A sync of {item.subject} gave up after {item.letter.dequeue_count} attempts",
+                f"A sync of {item.subject} failed and was set aside"
+                + (f" after {item.letter.dequeue_count} attempts" if item.letter.dequeue_count > 1 else ""),
                 item.letter.reason,
                 "Fix the cause, then press Replay on the status page "
                 f"(or run: python -m shared dead-letters replay {item.letter.id}).",

@@ -226,7 +226,10 @@ def _record_error(world: World) -> tuple[str, str]:
 def _dead_letter(world: World) -> tuple[str, str]:
     payload = json.dumps({"source": "pc", "referral_id": "ref-42", "event": "referral-updated"})
     world.state.record_dead_letter(queue="sync", payload=payload, dequeue_count=5, reason="HTTP 503 from Dataverse")
-    return "A sync of Partner Center referral ref-42 (referral-updated) gave up after 5 attempts", "HTTP 503"
+    return (
+        "A sync of Partner Center referral ref-42 (referral-updated) failed and was set aside after 5 attempts",
+        "HTTP 503",
+    )
 
 
 def _pc_sign_in(world: World) -> tuple[str, str]:
