@@ -1,7 +1,7 @@
 """The status page in a real browser (Chromium via playwright-core) against the whole sandbox.
 
 The app runs on the local host with Azurite and the simulators (the sync harness of conftest.py),
-on a private Azurite so other modules' dead letters do not show up. Each state is saved as a
+all private to this module, so other modules' data does not show up as this system's problems. Each state is saved as a
 screenshot under .sandbox/test/ for review:
 - a healthy system (desktop and phone), and one deal's audit trail found by the search;
 - an injected failure (Salesforce refuses the integration user's session) appearing with its
@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from sandbox import credentials
 from sandbox.azurite import Azurite
-from sandbox.simulators import SandboxServices
-from sandbox.tls import ensure_ca
-from shared.http import tls_context
+from sandbox.simulators import SandboxServices, start_all
 from shared.sync import runs
 from shared.sync.state import DeadLetter, Link
 from tests.browser import Browser
@@ -52,13 +49,14 @@ def azurite() -> Iterator[Azurite]:
 
 
 @pytest.fixture(scope="module")
-def sandbox_services(sandbox_services: SandboxServices) -> SandboxServices:
-    """The session's simulators, with a Partner Center emptied of other modules' referrals (some of
-    them close to expiry on purpose) before this module's host registers its webhook."""
-    httpx.post(
-        f"{sandbox_services.partner_center.url}/_sandbox/reset", verify=tls_context(str(ensure_ca().cert_path))
-    ).raise_for_status()
-    return sandbox_services
+def sandbox_services() -> Iterator[SandboxServices]:
+    """Private simulators too: other modules' CRM records and referrals (some near expiry on purpose,
+    some pointing at referrals this Partner Center never had) are not this system's problems."""
+    services = start_all()
+    try:
+        yield services
+    finally:
+        services.stop()
 
 
 @pytest.fixture(scope="module")
