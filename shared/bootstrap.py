@@ -87,7 +87,8 @@ def partner_center() -> PartnerCenterClient:
     """The Referrals API client, signed in with the stored delegated token."""
     from shared.partner_center.client import PartnerCenterClient
 
-    return PartnerCenterClient.from_settings(settings(), partner_center_auth().token)
+    auth = partner_center_auth()  # issue 12: a refusal for lack of MFA shows on the health page
+    return PartnerCenterClient.from_settings(settings(), auth.token, on_mfa_required=auth.record_mfa_refusal)
 
 
 @functools.cache

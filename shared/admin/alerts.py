@@ -91,13 +91,13 @@ def evaluate(snapshot: StatusSnapshot, settings: Settings) -> list[Alert]:
     now = snapshot.generated_at
     alerts: list[Alert] = []
     sign_in = snapshot.pc_sign_in
-    if sign_in.get("signed_in") and sign_in.get("multifactor") is False:
+    if sign_in.get("signed_in") and sign_in.get("mfa") is False:
         alerts.append(
             Alert(
                 "pc_mfa",
                 "pc-mfa",
                 f"The Partner Center sign-in ({sign_in.get('account')}) did not use multifactor authentication",
-                "Partner Center refuses App+User calls from a sign-in without MFA, so syncs to and from it will fail.",
+                str(sign_in.get("mfa_problem") or "Partner Center refuses user calls from a sign-in without MFA."),
                 "Run python -m shared partner-center login again as the Referrals Admin, completing MFA.",
             )
         )

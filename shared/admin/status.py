@@ -224,8 +224,8 @@ def sign_in_problem(summary: dict[str, Any]) -> str | None:
     error = summary.get("last_refresh_error") or summary.get("error")
     if not summary.get("signed_in"):
         return str(error or "no Partner Center sign-in is stored: run python -m shared partner-center login")
-    if summary.get("multifactor") is False:
-        return str(error or "the sign-in did not use multifactor authentication; Partner Center requires it")
+    if summary.get("mfa") is False:
+        return str(error or summary.get("mfa_problem") or "the sign-in carries no MFA claim")
     return str(error) if error else None
 
 
@@ -234,8 +234,8 @@ def _connections(
     settings: Settings, state: StateStore, pc_sign_in: dict[str, Any], now: dt.datetime
 ) -> tuple[list[Connection], str | None]:
     pc_facts = [("account", str(pc_sign_in.get("account") or "not signed in"))]
-    multifactor = pc_sign_in.get("multifactor")
-    pc_facts.append(("MFA", "yes" if multifactor else "no" if multifactor is False else "unknown"))
+    mfa = pc_sign_in.get("mfa")
+    pc_facts.append(("MFA", "yes" if mfa else "no" if mfa is False else "unknown"))
     if pc_sign_in.get("signed_in_at"):
         pc_facts.append(("signed in", str(pc_sign_in["signed_in_at"])))
     last_used = pc_sign_in.get("refresh_token_last_used_at")

@@ -6,8 +6,9 @@
   concurrency, whenever MSAL changed it.
 - `refresh()`: the timer's job: force a refresh-token redemption so it never idles out (90 days),
   and record success or the error for the health page. Never raises for a refresh failure.
-- `health_summary()`: signed-in account, whether the sign-in used multifactor authentication, last
-  refresh-token use, last refresh error.
+- `health_summary()`: signed-in account, last refresh-token use, last refresh error, and whether
+  the stored sign-in carries an MFA claim (Partner Center refuses user calls without one: 401,
+  error 900421); `record_mfa_refusal()` keeps such a refusal for the health page.
 
 The confidential client authenticates with its secret on every grant, the device code included
 (real Entra's rules for secrets on the device code grant are not in our reference; a refresh
@@ -19,6 +20,7 @@ with our TLS context instead.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.http import tls_context
+from shared.partner_center.contract import contract
 from shared.partner_center.token_store import StoredSignIn, TokenCacheStore, TokenStoreConflict, utc_now_text
 from shared.settings import Settings
 from shared.sync.storage import StorageAccount
@@ -166,41 +169,68 @@ class PartnerCenterAuth:
             logger.info("Partner Center token refresh: another instance saved first; its result stands")
         return self.health_summary()
 
+    def record_mfa_refusal(self, error: Exception) -> None:
+        """Partner Center refused a call for lack of MFA (900421): keep it for the health page until
+        the next successful refresh or sign-in. Never raises (it runs inside a failing call)."""
+        try:
+            stored = self._store.load()
+            stored.last_refresh_error = f"{MFA_PROBLEM} ({error})"[:1000]
+            stored.last_refresh_error_at = utc_now_text()
+            self._store.save(stored)
+        except Exception as failure:  # the refusal itself is already raised to the caller
+            logger.warning("could not record the MFA refusal for the health page: %s", failure)
+
     def health_summary(self) -> dict[str, Any]:
         """What `/api/health/details` shows about the Partner Center sign-in."""
         try:
             stored = self._store.load()
         except Exception as error:  # health must report, never crash
             return {"signed_in": False, "error": f"{type(error).__name__}: {error}"}
-        multifactor = multifactor_of_cache(stored.cache)
+        signed_in = bool(stored.cache and stored.account)
+        mfa = sign_in_has_mfa(stored.cache) if signed_in else None
         return {
-            "signed_in": bool(stored.cache and stored.account),
+            "signed_in": signed_in,
             "account": stored.account,
-            "multifactor": multifactor,
             "signed_in_at": stored.signed_in_at,
             "refresh_token_last_used_at": stored.last_refresh_at,
             "last_refresh_error": stored.last_refresh_error,
             "last_refresh_error_at": stored.last_refresh_error_at,
-            "healthy": bool(stored.cache and stored.account)
-            and not stored.last_refresh_error
-            and multifactor is not False,
+            "mfa": mfa,
+            "mfa_problem": MFA_PROBLEM if mfa is False else None,
+            "healthy": signed_in and not stored.last_refresh_error and mfa is not False,
         }
 
 
-def multifactor_of_cache(serialized_cache: str | None) -> bool | None:
-    """Whether the newest cached access token says the user signed in with MFA (`amr` has "mfa").
+MFA_PROBLEM = (
+    "the Partner Center sign-in carries no MFA claim, and Partner Center refuses user calls without one "
+    "(error 900421): sign in again with `python -m shared partner-center login` as the Referrals Admin "
+    "and complete multi-factor authentication (Entra ID: require MFA for that user)"
+)
 
-    Partner Center refuses App+User calls without MFA, so a sign-in without it will fail. None when
-    no token says either way. The token came straight from the authority over TLS and is only read
-    here, never trusted for access, so its signature is not checked."""
-    if not serialized_cache:
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT we stored ourselves; read for display, not trusted for access."""
+    parts = token.split(".")
+    if len(parts) != 3:
         return None
     try:
-        tokens = list((json.loads(serialized_cache).get("AccessToken") or {}).values())
-        newest = max(tokens, key=lambda entry: int(entry.get("cached_at") or 0))
-        payload = str(newest["secret"]).split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
         return None
-    methods = claims.get("amr") if isinstance(claims, dict) else None
-    return "mfa" in methods if isinstance(methods, list) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def sign_in_has_mfa(serialized_cache: str | None) -> bool | None:
+    """Whether the stored sign-in's tokens carry an MFA claim (`amr` with "mfa"): True, False, or
+    None when no token in the cache says how the user signed in."""
+    try:
+        cache = json.loads(serialized_cache or "{}")
+    except ValueError:
+        return None
+    said: list[bool] = []
+    for section in ("AccessToken", "IdToken"):
+        for entry in (cache.get(section) or {}).values():
+            claims = _jwt_claims(str(entry.get("secret") or "")) if isinstance(entry, dict) else None
+            if claims is not None and "amr" in claims:
+                said.append(contract().has_mfa_claim(claims))
+    return any(said) if said else None

@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from shared.crm.port import (
@@ -35,7 +36,7 @@ from shared.crm.port import (
     RecordUpdate,
 )
 from shared.mapping import rules
-from shared.mapping.fields import BY_NAME, FIELDS, MICROSOFT_ORGANIZATION_ID, ReadContext, View, referral_link
+from shared.mapping.fields import BY_NAME, FIELDS, ReadContext, View, label, referral_link
 from shared.mapping.status import creation_lifecycle, normalised
 from shared.mapping.to_crm import crm_account, crm_contacts, crm_solutions, record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
@@ -125,7 +126,7 @@ class SyncEngine:
             log.warning("referral %s no longer exists in Partner Center; nothing to sync", referral_id)
             return
         related = None
-        if referral.organization_id == MICROSOFT_ORGANIZATION_ID:
+        if referral.is_microsoft_side:  # issue 12: the model knows both undocumented forms
             related, referral_or_none = referral, self._our_referral_of(referral)
             if referral_or_none is None:
                 log.info("Microsoft's referral %s belongs to no referral of ours; ignored", referral_id)
@@ -193,8 +194,8 @@ class SyncEngine:
             return None
         ours = [
             item
-            for item in self.pc.related_referrals(microsoft.engagement_id)
-            if item.organization_id != MICROSOFT_ORGANIZATION_ID
+            for item in self.pc.related_referrals(microsoft)  # issue 12: follows its links.relatedReferrals
+            if not item.is_microsoft_side
         ]
         linked = [item for item in ours if item.id and self.state.find_link_by_referral(item.id)]
         candidates = linked or ours
@@ -221,7 +222,7 @@ class SyncEngine:
         `externalReferenceId` is not among the documented `$filter` fields (reference 1.2), so the
         lookup lists what changed since the intent (a documented filter) and matches locally."""
         for referral in self.pc.referrals_updated_since(since - CREATE_LOOKUP_MARGIN):
-            if referral.external_reference_id == crm_id and referral.organization_id != MICROSOFT_ORGANIZATION_ID:
+            if referral.external_reference_id == crm_id and not referral.is_microsoft_side:
                 return referral
         return None
 
@@ -543,6 +544,7 @@ class SyncEngine:
         base_pc, base_crm = normalised(link.snapshot.get("pc") or {}), normalised(link.snapshot.get("crm") or {})
         facts = self._facts(link, referral, record)
         pc_plan = plan_partner_center(pc, crm, base_pc, base_crm, dict(link.snapshot.get("held") or {}), facts)
+        pc_plan = self._without_fields_partner_center_keeps(referral, pc_plan)  # issue 12
         updated, pc_plan = self._patch_partner_center(referral, pc_plan)
         pc_after = referral_view(updated, self._context(related)) if updated is not referral else pc
         crm_plan = plan_crm(pc_after, crm, base_pc, pc_plan, facts)
@@ -595,13 +597,30 @@ class SyncEngine:
             accept_country_names=self.settings.accept_country_names,
         )
 
+    def _without_fields_partner_center_keeps(self, referral: Referral, plan: PartnerCenterPlan) -> PartnerCenterPlan:
+        """issue 12: a change Partner Center takes no PATCH for (the contract's paths) is not sent; the
+        audit says Partner Center keeps its own value once, and since the field does not join `unsent`
+        the CRM value becomes the merge base, so the change is not offered again.
+        (Ideally the planner asks the contract before its checks; until then this runs after them.)"""
+        if not plan.sends:
+            return plan
+        _, kept = patch_operations(
+            referral, plan.to_pc, plan.status, accept_country_names=self.settings.accept_country_names
+        )
+        if not kept:
+            return plan
+        labels = ", ".join(label(name) for name in kept)
+        note = f"Partner Center keeps its own {labels}: it does not accept changes to it after creation"
+        to_pc = {name: value for name, value in plan.to_pc.items() if name not in kept}
+        return replace(plan, to_pc=to_pc, notes=(*plan.notes, note))
+
     def _patch_partner_center(self, referral: Referral, plan: PartnerCenterPlan) -> tuple[Referral, PartnerCenterPlan]:
         """Send the planned patch under the referral's ETag (a 412 propagates: the merge runs again).
         Returns the referral as Partner Center now has it, and the plan as it turned out."""
         assert referral.id is not None
         if not plan.sends:
             return referral, plan
-        operations = patch_operations(
+        operations, _ = patch_operations(
             referral, plan.to_pc, plan.status, accept_country_names=self.settings.accept_country_names
         )
         try:

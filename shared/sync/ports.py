@@ -22,8 +22,9 @@ class PartnerCenterPort(Protocol):
 
     def get_referral(self, referral_id: str) -> Referral: ...
 
-    def related_referrals(self, engagement_id: str) -> list[Referral]:
-        """Every referral of one engagement (ours, Microsoft's, other partners')."""
+    def related_referrals(self, referral: Referral) -> list[Referral]:
+        """Every referral of `referral`'s engagement (ours, Microsoft's, other partners'); the client
+        follows the referral's own `links.relatedReferrals.uri` (issue 12)."""
         ...
 
     def referrals_updated_since(self, moment: dt.datetime) -> Iterable[Referral]:

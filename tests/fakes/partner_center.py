@@ -14,6 +14,7 @@ from shared.partner_center.client import (
     PartnerCenterNotFoundError,
     PartnerCenterValidationError,
 )
+from shared.partner_center.contract import contract
 
 
 def _wire_time(moment: dt.datetime) -> str:
@@ -65,9 +66,11 @@ class FakePartnerCenter:
     def get_referral(self, referral_id: str) -> Referral:
         return Referral.model_validate(self._stored(referral_id))
 
-    def related_referrals(self, engagement_id: str) -> list[Referral]:
+    def related_referrals(self, referral: Referral) -> list[Referral]:
         return [
-            Referral.model_validate(item) for item in self.referrals.values() if item["engagementId"] == engagement_id
+            Referral.model_validate(item)
+            for item in self.referrals.values()
+            if item["engagementId"] == referral.engagement_id
         ]
 
     def referrals_updated_since(self, moment: dt.datetime) -> Iterable[Referral]:
@@ -107,6 +110,9 @@ class FakePartnerCenter:
             (item if isinstance(item, PatchOperation) else PatchOperation.model_validate(item)).model_dump(mode="json")
             for item in operations
         ]
+        unlisted = [operation["path"] for operation in body if not contract().is_patchable(operation["path"])]
+        if unlisted:  # as the real API (and the simulator): one unlisted path refuses the whole PATCH
+            raise PartnerCenterValidationError(f"the path {unlisted[0]} is not supported", status=400)
         for operation in body:
             _apply(stored, operation)
         self.patches.append((referral_id, body))

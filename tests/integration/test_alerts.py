@@ -43,7 +43,7 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.azurite]
 
 PAGE_URL = "http://127.0.0.1:7071/api/status"
-HEALTHY_SIGN_IN = {"signed_in": True, "account": "admin@contoso.com", "multifactor": True, "healthy": True}
+HEALTHY_SIGN_IN = {"signed_in": True, "account": "admin@contoso.com", "mfa": True, "healthy": True}
 
 
 # ---- the two local servers --------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def _pc_sign_in(world: World) -> tuple[str, str]:
     world.sign_in = {
         "signed_in": True,
         "account": "admin@contoso.com",
-        "multifactor": True,
+        "mfa": True,
         "healthy": False,
         "last_refresh_error": "invalid_grant: AADSTS700082: The refresh token has expired due to inactivity",
     }
@@ -244,8 +244,14 @@ def _pc_sign_in(world: World) -> tuple[str, str]:
 
 
 def _pc_mfa(world: World) -> tuple[str, str]:
-    world.sign_in = {"signed_in": True, "account": "admin@contoso.com", "multifactor": False, "healthy": False}
-    return "did not use multifactor authentication", "refuses App+User calls"
+    world.sign_in = {
+        "signed_in": True,
+        "account": "admin@contoso.com",
+        "mfa": False,
+        "mfa_problem": "the Partner Center sign-in carries no MFA claim (error 900421)",
+        "healthy": False,
+    }
+    return "did not use multifactor authentication", "error 900421"
 
 
 def _crm_auth(world: World) -> tuple[str, str]:

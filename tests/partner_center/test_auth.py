@@ -99,25 +99,3 @@ def test_a_wrong_cache_key_is_a_clear_error(
     other_key = TokenCacheStore(storage, "A" * 43 + "=")
     with pytest.raises(Exception, match="PC_TOKEN_CACHE_KEY"):
         other_key.load()
-
-
-def test_a_sign_in_without_multifactor_is_unhealthy(
-    pc_settings: Settings,
-    storage: StorageAccount,
-    fresh_store: TokenCacheStore,
-    identity: IdentitySimulator,
-    identity_server: RunningServer,
-    ca_bundle: str,
-) -> None:
-    control = f"{identity_server.url}/_sandbox/settings"
-    new_process(pc_settings, storage).login(lambda message: None)
-    with_mfa = new_process(pc_settings, storage).health_summary()
-    assert with_mfa["multifactor"] is True and with_mfa["healthy"] is True
-    httpx.post(control, json={"mfa": False}, verify=tls_context(ca_bundle)).raise_for_status()
-    try:
-        new_process(pc_settings, storage).login(lambda message: None)
-        without = new_process(pc_settings, storage).health_summary()
-    finally:
-        httpx.post(control, json={"mfa": True}, verify=tls_context(ca_bundle)).raise_for_status()
-    assert without["multifactor"] is False and without["healthy"] is False
-    assert without["signed_in"] is True

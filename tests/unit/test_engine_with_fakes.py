@@ -180,6 +180,22 @@ def test_09_seller_edits_go_out_as_one_patch_with_only_the_changed_paths() -> No
     assert "CRM -> Partner Center: updated deal value, close date" in world.audit(ref)
 
 
+def test_09_a_field_partner_center_keeps_is_said_once_and_not_offered_again() -> None:
+    world = World.build()
+    referral_id, ref = _outgoing(world)
+    original = world.pc.referrals[referral_id]["name"]
+    world.seller_edits(ref, name="Renamed in the CRM", notes="Phase 2")
+    ((_, operations),) = world.pc.patches
+    assert [item["path"] for item in operations] == ["/details/notes"]  # no /name: not a patchable path
+    assert world.pc.referrals[referral_id]["name"] == original
+    assert world.audit(ref).count("Partner Center keeps its own name") == 1
+    world.engine.sync_crm_record(ref)  # the next poll: nothing to offer, nothing said again
+    world.seller_edits(ref, deal_value=Decimal(77000))
+    assert [item["path"] for _, ops in world.pc.patches[1:] for item in ops] == ["/details/dealValue"]
+    assert world.audit(ref).count("Partner Center keeps its own name") == 1
+    assert world.crm.read(ref).name.startswith("Renamed in the CRM")
+
+
 def test_10_solutions_added_and_removed_in_the_crm_follow_in_partner_center() -> None:
     world = World.build()
     referral_id, ref = _outgoing(world)

@@ -60,7 +60,7 @@ def _snapshot(now: dt.datetime, job: str, healthy_at: dt.datetime) -> status.Sta
     return status.StatusSnapshot(
         generated_at=now,
         crm_kind="salesforce",
-        pc_sign_in={"signed_in": True, "multifactor": True, "healthy": True},
+        pc_sign_in={"signed_in": True, "mfa": True, "healthy": True},
         crm_error=None,
         connections=[
             status.Connection("Partner Center sign-in", True, [("MFA", "yes")]),
