@@ -14,7 +14,7 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.admin import health as health_checks
-from shared.sync import failures
+from shared.sync import failures, runs
 from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -47,14 +47,16 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
 
     result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
     if result.message is not None:
-        bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
+        message = result.message
+        # A failure here is a 500: Partner Center delivers again.
+        runs.recorded(bootstrap.state_store, runs.PC_WEBHOOK, lambda: bootstrap.queue_producer().send(message))
     return _json(result.body, result.status)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%PC_TOKEN_REFRESH_SCHEDULE%", run_on_startup=False)
 def refresh_partner_center_sign_in(timer: func.TimerRequest) -> None:
     """Redeem the Partner Center refresh token so it never idles out; failures go to the health page."""
-    bootstrap.partner_center_auth().refresh()
+    runs.recorded(bootstrap.state_store, runs.PC_TOKEN_REFRESH, bootstrap.partner_center_auth().refresh)
 
 
 # Not `admin/...`: the Functions host reserves routes whose first segment is `admin`, whatever the prefix.
@@ -86,7 +88,11 @@ def poll_crm_changes(timer: func.TimerRequest) -> None:
     """Enqueue CRM records with Sync = Yes changed since the watermark; then move the watermark."""
     from shared.sync import polling
 
-    polling.poll_crm(bootstrap.crm(), bootstrap.state_store(), bootstrap.queue_producer())
+    runs.recorded(
+        bootstrap.state_store,
+        runs.CRM_POLL,
+        lambda: polling.poll_crm(bootstrap.crm(), bootstrap.state_store(), bootstrap.queue_producer()),
+    )
 
 
 @app.timer_trigger(arg_name="timer", schedule="%PC_RECONCILE_SCHEDULE%", run_on_startup=False)
@@ -94,7 +100,13 @@ def reconcile_partner_center(timer: func.TimerRequest) -> None:
     """Enqueue referrals Partner Center changed since the watermark (webhooks it gave up on)."""
     from shared.sync import polling
 
-    polling.reconcile_partner_center(bootstrap.partner_center(), bootstrap.state_store(), bootstrap.queue_producer())
+    runs.recorded(
+        bootstrap.state_store,
+        runs.PC_RECONCILE,
+        lambda: polling.reconcile_partner_center(
+            bootstrap.partner_center(), bootstrap.state_store(), bootstrap.queue_producer()
+        ),
+    )
 
 
 # ---- Dead letters ---------------------------------------------------------------------------------
@@ -107,3 +119,31 @@ def quarantine_poison_sync_request(message: func.QueueMessage) -> None:
         payload=message.get_body().decode("utf-8", errors="replace"),
         dequeue_count=getattr(message, "dequeue_count", None) or 0,
     )
+
+
+# ---- Status page and alerts -----------------------------------------------------------------------
+# Anonymous for the Functions host: in Azure, App Service authentication (Entra ID) guards it and the
+# page checks the admin app role; in the sandbox the page checks the function key itself.
+@app.route(route="status", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The status page (GET) and its Replay action (POST, CSRF-protected)."""
+    from shared.admin.page import PageRequest
+
+    response = bootstrap.status_page(
+        PageRequest(
+            method=req.method.upper(),
+            url=req.url,
+            params=dict(req.params),
+            headers=dict(req.headers),
+            body=req.get_body() or b"",
+        )
+    )
+    return func.HttpResponse(
+        response.body, status_code=response.status, headers=response.headers, mimetype="text/html", charset="utf-8"
+    )
+
+
+@app.timer_trigger(arg_name="timer", schedule="%ALERT_SCHEDULE%", run_on_startup=False)
+def evaluate_alerts(timer: func.TimerRequest) -> None:
+    """Send Teams / Slack / email alerts that are due (deduplicated); never touches a sync."""
+    runs.recorded(bootstrap.state_store, runs.ALERTS, bootstrap.send_alerts)

@@ -98,6 +98,26 @@ param pcReconcileSchedule string = '0 */15 * * * *'
 @description('PC_TOKEN_REFRESH_SCHEDULE: NCRONTAB of the Partner Center sign-in refresh.')
 param pcTokenRefreshSchedule string = '0 0 3 * * *'
 
+@description('ALERT_SCHEDULE: NCRONTAB of the timer that evaluates and sends alerts.')
+param alertSchedule string = '0 */5 * * * *'
+
+@description('STATUS_PAGE_ADMIN_ROLE: app role a signed-in user needs for the status page.')
+param statusPageAdminRole string = 'CoSellSync.Admin'
+
+@description('Entra ID app registration (client id) that signs admins in to the status page; empty = no sign-in, the page answers 401.')
+param statusPageClientId string = ''
+
+@description('Alert channels whose secret (a webhook URL or the SMTP password) is set in Key Vault, comma-separated: teams, slack, smtp.')
+param alertSecrets string = ''
+
+@description('ALERT_SMTP_*, ALERT_EMAIL_FROM / ALERT_EMAIL_TO: email alerts (empty host = none).')
+param alertSmtpHost string = ''
+param alertSmtpPort string = '587'
+param alertSmtpSecurity string = 'starttls'
+param alertSmtpUsername string = ''
+param alertEmailFrom string = ''
+param alertEmailTo string = ''
+
 @allowed([
   'client_credentials'
   'jwt'
@@ -150,6 +170,8 @@ var tableNames = [
   'audit'
   'deadletters'
   'tokencache'
+  'activity'
+  'alerts'
 ]
 var queues = [for queueName in queueNames: { name: queueName }]
 var tables = [for tableName in tableNames: { name: tableName }]
@@ -212,6 +234,24 @@ var appSettings = {
   DATAVERSE_CLIENT_SECRET: crmKind == 'dynamics' ? keyVaultReference(keyVault.outputs.uri, 'dataverse-client-secret') : ''
   DATAVERSE_AUTHORITY_HOST: 'https://login.microsoftonline.com'
   DATAVERSE_CHANGE_TRACKING: dataverseChangeTracking
+  // Status page and alerts (secrets referenced only for the channels listed in alertSecrets)
+  STATUS_PAGE_ADMIN_ROLE: statusPageAdminRole
+  STATUS_PAGE_REFRESH_SECONDS: '30'
+  STATUS_PAGE_URL: 'https://${functionAppName}.azurewebsites.net/api/status'
+  ALERT_SCHEDULE: alertSchedule
+  ALERT_TEAMS_WEBHOOK_URL: contains(split(alertSecrets, ','), 'teams') ? keyVaultReference(keyVault.outputs.uri, 'alert-teams-webhook-url') : ''
+  ALERT_SLACK_WEBHOOK_URL: contains(split(alertSecrets, ','), 'slack') ? keyVaultReference(keyVault.outputs.uri, 'alert-slack-webhook-url') : ''
+  ALERT_SMTP_HOST: alertSmtpHost
+  ALERT_SMTP_PORT: alertSmtpPort
+  ALERT_SMTP_SECURITY: alertSmtpSecurity
+  ALERT_SMTP_USERNAME: alertSmtpUsername
+  ALERT_SMTP_PASSWORD: contains(split(alertSecrets, ','), 'smtp') ? keyVaultReference(keyVault.outputs.uri, 'alert-smtp-password') : ''
+  ALERT_EMAIL_FROM: alertEmailFrom
+  ALERT_EMAIL_TO: alertEmailTo
+  ALERT_EXPIRY_DAYS: '3'
+  ALERT_NO_POLL_MINUTES: '15'
+  ALERT_NO_WEBHOOK_HOURS: '24'
+  ALERT_DIGEST_HOUR: '8'
 }
 
 // ---- Resources ---------------------------------------------------------------------------------------
@@ -364,6 +404,16 @@ module api 'app/api.bicep' = {
   dependsOn: [
     rbac
   ]
+}
+
+// Entra ID sign-in for the status page (only once its app registration exists: docs/operations.md).
+module statusAuth 'app/statusauth.bicep' = if (!empty(statusPageClientId)) {
+  name: 'statusPageAuth'
+  scope: rg
+  params: {
+    functionAppName: api.outputs.SERVICE_API_NAME
+    clientId: statusPageClientId
+  }
 }
 
 // ---- Outputs (saved in the azd environment: `azd env get-values`) -----------------------------------

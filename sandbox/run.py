@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             after_host_started(host.url)
             print(
                 f"\nCo-sell Sync is running in sandbox mode.\n"
+                f"  status page:   {host.url}/api/status?code={credentials.FUNCTION_KEY}\n"
                 f"  health:        {host.url}/api/health\n"
                 f"  details:       {host.url}/api/health/details?code={credentials.FUNCTION_KEY}\n"
                 f"  simulators:    identity :{credentials.IDENTITY_PORT}, Partner Center :{credentials.PARTNER_CENTER_PORT}, "

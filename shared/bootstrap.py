@@ -15,10 +15,14 @@ from shared.admin.health import DetailSection
 from shared.crm.port import CrmPort
 from shared.settings import Settings, get_settings, reset_settings_cache
 from shared.sync.queues import QueueProducer
-from shared.sync.state import StateStore
+from shared.sync.state import DeadLetter, StateStore
 from shared.sync.storage import StorageAccount
 
 if TYPE_CHECKING:
+    from shared.admin.alerts import RunResult
+    from shared.admin.page import PageRequest, PageResponse
+    from shared.admin.status import RecentValue, StatusSnapshot
+    from shared.model.referral import Referral
     from shared.partner_center.auth import PartnerCenterAuth
     from shared.partner_center.client import PartnerCenterClient
     from shared.partner_center.webhook import SignatureVerifier
@@ -94,6 +98,64 @@ def sync_engine() -> SyncEngine:
     return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm(), clock=clock)
 
 
+@functools.cache
+def inbound_referrals() -> RecentValue[list[Referral]]:
+    """Partner Center's inbound referrals waiting for an answer, read at most once a minute."""
+    from shared.admin import status
+
+    return status.RecentValue(
+        lambda: list(partner_center().list_referrals(filter=status.INBOUND_WAITING_FILTER)), status.INBOUND_MAX_AGE
+    )
+
+
+def status_snapshot(current: Settings, query: str | None = None) -> StatusSnapshot:
+    """Everything the status page shows (and the alerts judge), read now."""
+    from shared.admin import status
+
+    return status.gather(
+        current,
+        state_store(),
+        queue_producer(),
+        pc_sign_in=lambda: partner_center_auth().health_summary(),
+        inbound_referrals=inbound_referrals().get,
+        query=query,
+    )
+
+
+def status_page(request: PageRequest) -> PageResponse:
+    from shared.admin import page
+    from shared.sync.failures import replay_dead_letter
+
+    return page.handle(
+        request,
+        load_settings=settings,
+        snapshot=status_snapshot,
+        replay=lambda letter_id: replay_dead_letter(state_store(), queue_producer(), letter_id),
+        find_letter=_find_dead_letter,
+    )
+
+
+def _find_dead_letter(letter_id: str) -> DeadLetter | None:
+    try:
+        return state_store().get_dead_letter(letter_id)
+    except ValueError:  # not even a valid id
+        return None
+
+
+ACTIVITY_KEPT = dt.timedelta(days=2)
+"""Activity rows older than this are pruned by the alerts timer (the page shows 24 hours)."""
+
+
+def send_alerts() -> RunResult:
+    from shared.admin import alert_channels, alerts
+
+    current = settings()
+    state_store().prune_activity(dt.datetime.now(dt.UTC) - ACTIVITY_KEPT)
+    return alerts.run(
+        current, status_snapshot(current), alerts.AlertLedger(storage()), alert_channels.AlertChannels(current)
+    )
+
+
 def reset() -> None:
     """Forget everything built so far (after the environment changed: local host reloads, tests)."""
     reset_settings_cache()
@@ -106,6 +168,7 @@ def reset() -> None:
         crm,
         partner_center,
         sync_engine,
+        inbound_referrals,
     ):
         cached.cache_clear()
 

@@ -27,6 +27,7 @@ from shared.ncrontab import Schedule, ScheduleError
 
 CrmKind = Literal["salesforce", "dynamics"]
 SalesforceAuth = Literal["client_credentials", "jwt", "password"]
+SmtpSecurity = Literal["starttls", "ssl", "none"]
 
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
@@ -211,6 +212,145 @@ class Settings(BaseModel):
         group="Schedules",
         example="0 0 3 * * *",
         alias="PC_TOKEN_REFRESH_SCHEDULE",
+    )
+
+    # ---- Status page and alerts -----------------------------------------------------------------------
+    status_page_admin_role: str = _setting(
+        "CoSellSync.Admin",
+        "App role (value) a user signed in with Entra ID needs to open the status page (`/api/status`) "
+        "and replay dead letters.",
+        group="Status page and alerts",
+        example="CoSellSync.Admin",
+        alias="STATUS_PAGE_ADMIN_ROLE",
+    )
+    status_page_refresh_seconds: int = _setting(
+        30,
+        "How often the status page reloads itself, in seconds (5 to 3600).",
+        group="Status page and alerts",
+        example="30",
+        alias="STATUS_PAGE_REFRESH_SECONDS",
+    )
+    status_page_url: str | None = _setting(
+        None,
+        "Public URL of the status page, linked from every alert. Empty = alerts name the page without a link.",
+        group="Status page and alerts",
+        example="https://func-cosell-abc123.azurewebsites.net/api/status",
+        alias="STATUS_PAGE_URL",
+    )
+    sandbox_function_key: SecretStr | None = _setting(
+        None,
+        "The local host's function key (sandbox only, never set in Azure, which issues its own keys). "
+        "When set, the status page opens with this key (`?code=`) alone; when not set (Azure), only an "
+        "Entra ID sign-in (App Service authentication) with the admin app role opens it.",
+        group="Status page and alerts",
+        example="sandbox-function-key",
+        alias="SANDBOX_FUNCTION_KEY",
+    )
+    website_auth_enabled: bool = _setting(
+        False,
+        "Set by App Service (never by you): `true` when App Service authentication is on. Only then does "
+        "the status page trust the signed-in user the platform passes to it.",
+        group="Status page and alerts",
+        example="false",
+        alias="WEBSITE_AUTH_ENABLED",
+    )
+    alert_schedule: str = _setting(
+        "0 */5 * * * *",
+        "NCRONTAB of the timer that evaluates alerts and sends them.",
+        group="Status page and alerts",
+        example="0 */5 * * * *",
+        alias="ALERT_SCHEDULE",
+    )
+    alert_teams_webhook_url: SecretStr | None = _setting(
+        None,
+        "Microsoft Teams incoming webhook (Workflows) URL for alerts. Empty = no Teams alerts.",
+        group="Status page and alerts",
+        example="@Microsoft.KeyVault(SecretUri=...)",
+        alias="ALERT_TEAMS_WEBHOOK_URL",
+    )
+    alert_slack_webhook_url: SecretStr | None = _setting(
+        None,
+        "Slack incoming webhook URL for alerts. Empty = no Slack alerts.",
+        group="Status page and alerts",
+        example="@Microsoft.KeyVault(SecretUri=...)",
+        alias="ALERT_SLACK_WEBHOOK_URL",
+    )
+    alert_smtp_host: str | None = _setting(
+        None,
+        "SMTP server for alert email. Empty = no email alerts.",
+        group="Status page and alerts",
+        example="smtp.office365.com",
+        alias="ALERT_SMTP_HOST",
+    )
+    alert_smtp_port: int = _setting(
+        587,
+        "SMTP port.",
+        group="Status page and alerts",
+        example="587",
+        alias="ALERT_SMTP_PORT",
+    )
+    alert_smtp_security: SmtpSecurity = _setting(
+        "starttls",
+        "`starttls` (port 587), `ssl` (port 465) or `none` (loopback servers only).",
+        group="Status page and alerts",
+        example="starttls",
+        alias="ALERT_SMTP_SECURITY",
+    )
+    alert_smtp_username: str | None = _setting(
+        None,
+        "SMTP user name (empty = no SMTP sign-in).",
+        group="Status page and alerts",
+        example="cosell-alerts@contoso.com",
+        alias="ALERT_SMTP_USERNAME",
+    )
+    alert_smtp_password: SecretStr | None = _setting(
+        None,
+        "SMTP password (a Key Vault reference in Azure).",
+        group="Status page and alerts",
+        example="@Microsoft.KeyVault(SecretUri=...)",
+        alias="ALERT_SMTP_PASSWORD",
+    )
+    alert_email_from: str | None = _setting(
+        None,
+        "Sender address of alert email.",
+        group="Status page and alerts",
+        example="cosell-alerts@contoso.com",
+        alias="ALERT_EMAIL_FROM",
+    )
+    alert_email_to: str | None = _setting(
+        None,
+        "Recipients of alert email, comma-separated.",
+        group="Status page and alerts",
+        example="partner-ops@contoso.com,crm-admins@contoso.com",
+        alias="ALERT_EMAIL_TO",
+    )
+    alert_expiry_days: int = _setting(
+        3,
+        "Alert when an inbound referral still waits for a response with fewer than this many days before it expires.",
+        group="Status page and alerts",
+        example="3",
+        alias="ALERT_EXPIRY_DAYS",
+    )
+    alert_no_poll_minutes: int = _setting(
+        15,
+        "Alert when the CRM poll or the Partner Center reconcile has not succeeded for this many minutes.",
+        group="Status page and alerts",
+        example="15",
+        alias="ALERT_NO_POLL_MINUTES",
+    )
+    alert_no_webhook_hours: int = _setting(
+        24,
+        "Alert when no Partner Center push notification arrived for this many hours (0 = never alert).",
+        group="Status page and alerts",
+        example="24",
+        alias="ALERT_NO_WEBHOOK_HOURS",
+    )
+    alert_digest_hour: int = _setting(
+        8,
+        "UTC hour (0-23) of the daily digest of problems still open that were already alerted.",
+        group="Status page and alerts",
+        example="8",
+        alias="ALERT_DIGEST_HOUR",
     )
 
     # ---- Partner Center ---------------------------------------------------------------------------
@@ -410,7 +550,7 @@ class Settings(BaseModel):
     )
 
     # ---- validation -----------------------------------------------------------------------------
-    @field_validator("crm_poll_schedule", "pc_reconcile_schedule", "pc_token_refresh_schedule")
+    @field_validator("crm_poll_schedule", "pc_reconcile_schedule", "pc_token_refresh_schedule", "alert_schedule")
     @classmethod
     def _is_ncrontab(cls, value: str) -> str:
         try:
@@ -476,6 +616,44 @@ class Settings(BaseModel):
             raise ValueError(f"names no readable file: {value!r}")
         return value
 
+    @field_validator("status_page_refresh_seconds")
+    @classmethod
+    def _refresh_range(cls, value: int) -> int:
+        if not 5 <= value <= 3600:
+            raise ValueError("must be a number of seconds between 5 and 3600")
+        return value
+
+    @field_validator("alert_digest_hour")
+    @classmethod
+    def _hour_of_day(cls, value: int) -> int:
+        if not 0 <= value <= 23:
+            raise ValueError("must be an hour of the day between 0 and 23 (UTC)")
+        return value
+
+    @field_validator("alert_expiry_days", "alert_no_poll_minutes", "alert_no_webhook_hours", "alert_smtp_port")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be zero or a positive whole number")
+        return value
+
+    @field_validator("alert_teams_webhook_url", "alert_slack_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if not re.match(r"^https://[^\s/]+", text) and not re.match(r"^http://(127\.0\.0\.1|localhost)[:/]", text):
+            raise ValueError("is not an https URL (the incoming webhook URL the channel gave you)")
+        return value
+
+    @field_validator("status_page_url")
+    @classmethod
+    def _page_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("is not a URL, like 'https://func-cosell-abc123.azurewebsites.net/api/status'")
+        return value
+
     @field_validator("pc_http_timeout_seconds")
     @classmethod
     def _positive_timeout(cls, value: float) -> float:
@@ -510,9 +688,23 @@ class Settings(BaseModel):
                 for name in ("dataverse_url", "dataverse_tenant_id", "dataverse_client_id", "dataverse_client_secret")
                 if getattr(self, name) is None
             ]
+        if self.alert_smtp_host:
+            problems += [
+                f"{alias_of(name)} is missing: it is required when ALERT_SMTP_HOST is set"
+                for name in ("alert_email_from", "alert_email_to")
+                if not getattr(self, name)
+            ]
+            if self.alert_smtp_security == "none" and self.alert_smtp_host not in ("127.0.0.1", "localhost"):
+                problems.append(
+                    "ALERT_SMTP_SECURITY is 'none' for a server that is not on this machine: use 'starttls' or 'ssl'"
+                )
         if problems:
             raise SettingsError(problems)
         return self
+
+    @property
+    def alert_recipients(self) -> list[str]:
+        return [address.strip() for address in (self.alert_email_to or "").split(",") if address.strip()]
 
     # ---- derived values -------------------------------------------------------------------------
     @property

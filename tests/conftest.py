@@ -22,14 +22,19 @@ _SESSION_SANDBOX = Path(
 SANDBOX_TOKEN_CACHE_KEY = credentials.TOKEN_CACHE_KEY
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    """One real Azurite for the whole test session (in-memory, free ports); stopped at the end."""
+def running_azurite() -> Iterator[Azurite]:
+    """A real Azurite (in-memory, free ports) until the generator is closed."""
     server = start_azurite()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One real Azurite for the whole test session; stopped at the end."""
+    yield from running_azurite()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ EXPECTED = {
     "reconcile_partner_center": "timerTrigger",
     "refresh_partner_center_sign_in": "timerTrigger",
     "register_partner_center_webhook": "httpTrigger",
+    "status_page": "httpTrigger",
+    "evaluate_alerts": "timerTrigger",
 }
 
 
@@ -37,6 +39,10 @@ def test_http_routes_and_auth_levels() -> None:
     registration = triggers["register_partner_center_webhook"]
     assert registration["route"] == "manage/partner-center/webhook-registration"
     assert registration["authLevel"].value == "function"
+    status = triggers["status_page"]
+    assert status["route"] == "status"
+    # Anonymous for the host: App Service authentication (Azure) or the page itself (sandbox) checks access.
+    assert status["authLevel"].value == "anonymous"
     # The Functions host refuses any route whose first segment is `admin` (reserved for its own API).
     assert not [name for name, t in triggers.items() if str(t.get("route", "")).lower().startswith("admin")]
 

@@ -97,12 +97,13 @@ def _dead_letters(arguments: argparse.Namespace, out: TextIO) -> int:
         if not letters:
             print("no dead letters", file=out)
         return 0
-    found = state.get_dead_letter(arguments.id)
-    if found is None:
-        print(f"no dead letter with id {arguments.id}", file=out)
+    from shared.sync.failures import ReplayError, replay_dead_letter
+
+    try:
+        found = replay_dead_letter(state, bootstrap.queue_producer(), arguments.id)
+    except ReplayError as error:
+        print(str(error), file=out)
         return 1
-    bootstrap.queue_producer().send_text(found.payload, queue=found.queue)
-    state.mark_dead_letter_replayed(found.id)
     print(f"replayed {found.id} onto {found.queue}", file=out)
     return 0
 

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from shared.crm.dynamics_http import (
     BatchPart,
@@ -889,3 +890,9 @@ def _contact(row: JsonDict) -> CrmContact:
         phone=row.get("telephone1"),
         title=row.get("jobtitle"),
     )
+
+
+def record_url(settings: Settings, kind: str, record_id: str) -> str:
+    """Where an admin opens a record in the Dynamics 365 web app (the `main.aspx` record form)."""
+    entity = "opportunity" if kind == "opportunity" else "lead"
+    return f"{settings.dataverse_url}/main.aspx?pagetype=entityrecord&etn={entity}&id={quote(record_id, safe='')}"

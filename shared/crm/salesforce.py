@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -911,3 +912,9 @@ class SalesforceAdapter:
             return
         stage = self.settings.salesforce_won_stage if won else self.settings.salesforce_lost_stage
         self._call("close", lambda sf: _sobject(sf, "Opportunity").update(ref.id, {"StageName": stage}))
+
+
+def record_url(settings: Settings, kind: str, record_id: str) -> str:
+    """Where an admin opens a record: the login host forwards to it after sign-in (`startURL`),
+    which works for every My Domain without knowing the org's instance URL."""
+    return f"{settings.salesforce_login_url}/?startURL=%2F{quote(record_id, safe='')}"

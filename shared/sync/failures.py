@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from shared.sync.errors import ErrorKind, classify
-from shared.sync.state import StateStore
+from shared.sync.queues import QueueProducer
+from shared.sync.state import ConcurrencyConflictError, DeadLetter, StateStore
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -58,3 +59,42 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
         log.error("dead letter %s from %s after %d attempts: %s", letter.id, queue, letter.dequeue_count, letter.reason)
     except Exception:
         log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
+
+
+class ReplayError(Exception):
+    """A dead letter cannot be replayed. Nothing was changed."""
+
+
+class DeadLetterNotFound(ReplayError):
+    """No dead letter has this id."""
+
+
+class AlreadyReplayed(ReplayError):
+    """The dead letter was replayed before."""
+
+
+def replay_dead_letter(state: StateStore, queues: QueueProducer, letter_id: str) -> DeadLetter:
+    """Put a dead letter back on its queue, exactly once (the admin CLI and the status page).
+
+    The letter is claimed first with its ETag, so of two admins replaying at once one is told it
+    was replayed already; if the queue then refuses the message, the claim is undone."""
+    try:
+        letter = state.get_dead_letter(letter_id)
+    except ValueError:  # not even a valid id
+        letter = None
+    if letter is None:
+        raise DeadLetterNotFound(f"there is no dead letter with id {letter_id!r}")
+    if letter.replayed_at is not None:
+        raise AlreadyReplayed(
+            f"dead letter {letter.id} was replayed already, at {letter.replayed_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    try:
+        claimed = state.mark_dead_letter_replayed(letter.id, etag=letter.etag)
+    except ConcurrencyConflictError:
+        raise AlreadyReplayed(f"dead letter {letter.id} was replayed already (by someone else just now)") from None
+    try:
+        queues.send_text(letter.payload, queue=letter.queue)
+    except Exception:
+        state.unmark_dead_letter_replayed(claimed)
+        raise
+    return claimed

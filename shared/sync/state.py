@@ -7,10 +7,16 @@ Tables (created on first use; Azure table names are alphanumeric):
 - `watermarks`: one row per poller (PartitionKey `watermark`), and for the CRM poll one small row
   per page of changes it queued inside its overlap window (PartitionKey `reported-<poller>`), so
   no row grows with the number of changes (shared/crm/watermark.py).
+  The same table records when each timer or intake last
+  ran and how it went (PartitionKey `run`, RowKey = job name), which the status page and the
+  "no poll for too long" alert read (a watermark only moves when something changed).
 - `audit`: PartitionKey = link id, RowKey = inverted time, so a plain query returns newest first.
 - `deadletters`: messages that exhausted their retries (PartitionKey `deadletter`, newest first),
   and the last error of a message still being retried (PartitionKey `lasterror`, by payload hash),
   so a dead letter can say *why* it died.
+- `activity`: one small row per audit entry, failed queue attempt and dead letter (PartitionKey = UTC hour `YYYYMMDDHH`, newest hours
+  last), so "syncs in the last hour / day by outcome" is a read of 24 partitions rather than a
+  scan of every link's audit. Rows, not counters: concurrent workers never contend on one row.
 
 Every update carries the row's ETag (optimistic concurrency): a stale writer gets
 `ConcurrencyConflictError` and re-reads, it never overwrites someone else's change.
@@ -34,7 +40,12 @@ LINKS_TABLE = "links"
 WATERMARKS_TABLE = "watermarks"
 AUDIT_TABLE = "audit"
 DEADLETTERS_TABLE = "deadletters"
-ALL_TABLES = (LINKS_TABLE, WATERMARKS_TABLE, AUDIT_TABLE, DEADLETTERS_TABLE)
+ACTIVITY_TABLE = "activity"
+ALL_TABLES = (LINKS_TABLE, WATERMARKS_TABLE, AUDIT_TABLE, DEADLETTERS_TABLE, ACTIVITY_TABLE)
+
+# Activity outcomes besides the audit's own: a queue attempt that raised, a message given up on.
+FAILED_ATTEMPT = "failed attempt"
+DEAD_LETTER = "dead letter"
 
 CrmObject = Literal["opportunity", "lead"]
 LinkState = Literal["creating", "linked", "error", "skipped"]
@@ -180,6 +191,26 @@ class AuditEntry(BaseModel):
     message: str
 
 
+class JobRun(BaseModel):
+    """When a timer or the webhook intake last ran, and whether that run succeeded."""
+
+    name: str
+    last_run_at: dt.datetime
+    succeeded: bool
+    error: str | None = None
+    last_success_at: dt.datetime | None = None
+    failing_since: dt.datetime | None = Field(default=None, description="first failed run since the last success")
+
+    @property
+    def healthy_at(self) -> dt.datetime | None:
+        """When the job was last known to work: its last success, or else when it started failing."""
+        return self.last_success_at or self.failing_since
+
+
+def _hour_key(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y%m%d%H")
+
+
 class DeadLetter(BaseModel):
     id: str
     queue: str
@@ -188,6 +219,7 @@ class DeadLetter(BaseModel):
     dequeue_count: int
     time: dt.datetime
     replayed_at: dt.datetime | None = None
+    etag: str | None = Field(default=None, description="the row's ETag when read; not stored")
 
 
 class FailureNote(BaseModel):
@@ -414,7 +446,89 @@ class StateStore:
                 "Message": message[:_CHUNK],
             }
         )
+        self._count_activity(moment, outcome)
         return AuditEntry(link_id=link_id, time=moment, direction=direction, outcome=outcome, message=message[:_CHUNK])
+
+    def _count_activity(self, moment: dt.datetime, outcome: str) -> None:
+        self._table(ACTIVITY_TABLE).create_entity(
+            {"PartitionKey": _hour_key(moment), "RowKey": _inverted_time_key(moment), "Outcome": outcome}
+        )
+
+    def count_outcomes(self, since: dt.datetime, *, until: dt.datetime | None = None) -> dict[str, int]:
+        """How many audit entries of each outcome (plus `failed attempt` per queue retry and
+        `dead letter`) were written at or after `since`, across all links."""
+        end = until or self._clock()
+        counts: dict[str, int] = {}
+        entities = self._table(ACTIVITY_TABLE).query_entities(
+            "PartitionKey ge @first and PartitionKey le @last",
+            parameters={"first": _hour_key(since), "last": _hour_key(end)},
+            select=["RowKey", "Outcome"],
+        )
+        # Inverted-time row keys: a key at or below this one was written at or after `since`.
+        newest_allowed = f"{_MAX_TIME_US - int(since.timestamp() * 1_000_000):017d}-~"
+        for entity in entities:
+            if str(entity["RowKey"]) <= newest_allowed:
+                outcome = str(entity.get("Outcome") or "unknown")
+                counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def prune_activity(self, older_than: dt.datetime) -> int:
+        """Delete activity rows of hours before `older_than`; returns how many went."""
+        table = self._table(ACTIVITY_TABLE)
+        removed = 0
+        for entity in table.query_entities(
+            "PartitionKey lt @first", parameters={"first": _hour_key(older_than)}, select=["PartitionKey", "RowKey"]
+        ):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            removed += 1
+        return removed
+
+    # ---- job runs ------------------------------------------------------------------------------
+    def record_run(self, name: str, *, error: str | None = None) -> JobRun:
+        """Note that job `name` (a timer, the webhook intake) just ran, and how."""
+        from azure.data.tables import UpdateMode
+
+        moment = self._clock()
+        previous = None if error is None else self.get_run(name)
+        failing_since = None
+        if error is not None:
+            failing_since = previous.failing_since if previous and previous.failing_since else moment
+        entity: dict[str, Any] = {
+            "PartitionKey": "run",
+            "RowKey": _check_key(name, "job name"),
+            "LastRunAt": moment,
+            "Succeeded": error is None,
+            "Error": (error or "")[:_CHUNK],
+            "FailingSince": failing_since or "",
+        }
+        if error is None:
+            entity["LastSuccessAt"] = moment
+        # MERGE keeps LastSuccessAt of an earlier run when this one failed.
+        self._table(WATERMARKS_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+        return JobRun(
+            name=name,
+            last_run_at=moment,
+            succeeded=error is None,
+            error=error,
+            last_success_at=moment if error is None else (previous.last_success_at if previous else None),
+            failing_since=failing_since,
+        )
+
+    def get_run(self, name: str) -> JobRun | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table(WATERMARKS_TABLE).get_entity("run", _check_key(name, "job name"))
+        except ResourceNotFoundError:
+            return None
+        return JobRun(
+            name=name,
+            last_run_at=entity["LastRunAt"],
+            succeeded=bool(entity.get("Succeeded")),
+            error=entity.get("Error") or None,
+            last_success_at=entity.get("LastSuccessAt"),
+            failing_since=entity.get("FailingSince") or None,
+        )
 
     def list_audit(self, link_id: str, *, limit: int = 20) -> list[AuditEntry]:
         """The newest `limit` audit entries of a link, newest first."""
@@ -447,6 +561,7 @@ class StateStore:
         """Remember why a message failed, so its dead letter can say so if it never succeeds."""
         from azure.data.tables import UpdateMode
 
+        self._count_activity(self._clock(), FAILED_ATTEMPT)
         self._table(DEADLETTERS_TABLE).upsert_entity(
             {
                 "PartitionKey": "lasterror",
@@ -499,6 +614,7 @@ class StateStore:
         )
         if note is not None:
             self.clear_failure(queue, payload)
+        self._count_activity(moment, DEAD_LETTER)
         return letter
 
     def list_dead_letters(self, *, limit: int = 50) -> list[DeadLetter]:
@@ -521,11 +637,39 @@ class StateStore:
             return None
         return self._dead_letter(entity)
 
-    def mark_dead_letter_replayed(self, letter_id: str) -> None:
+    def mark_dead_letter_replayed(self, letter_id: str, *, etag: str | None = None) -> DeadLetter:
+        """Mark a dead letter replayed. With `etag` (from `get_dead_letter`) only if nobody changed
+        it since, so two admins replaying at once cannot both win."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
+        entity = {
+            "PartitionKey": "deadletter",
+            "RowKey": _check_key(letter_id, "dead letter id"),
+            "ReplayedAt": self._clock(),
+        }
+        condition = MatchConditions.IfNotModified if etag else MatchConditions.Unconditionally
+        try:
+            self._table(DEADLETTERS_TABLE).update_entity(
+                entity, mode=UpdateMode.MERGE, etag=etag, match_condition=condition
+            )
+        except (ResourceModifiedError, ResourceNotFoundError) as error:
+            raise ConcurrencyConflictError(f"dead letter {letter_id} changed since it was read") from error
+        marked = self.get_dead_letter(letter_id)
+        if marked is None:
+            raise ConcurrencyConflictError(f"dead letter {letter_id} was deleted meanwhile")
+        return marked
+
+    def unmark_dead_letter_replayed(self, letter: DeadLetter) -> None:
+        """Undo `mark_dead_letter_replayed` when the message could not be put back on its queue."""
+        from azure.core import MatchConditions
+        from azure.data.tables import UpdateMode
+
+        entity = self._table(DEADLETTERS_TABLE).get_entity("deadletter", _check_key(letter.id, "dead letter id"))
+        restored = {key: value for key, value in entity.items() if key != "ReplayedAt"}
         self._table(DEADLETTERS_TABLE).update_entity(
-            {"PartitionKey": "deadletter", "RowKey": letter_id, "ReplayedAt": self._clock()}, mode=UpdateMode.MERGE
+            restored, mode=UpdateMode.REPLACE, etag=letter.etag, match_condition=MatchConditions.IfNotModified
         )
 
     def count_dead_letters(self, *, include_replayed: bool = False) -> int:
@@ -543,4 +687,5 @@ class StateStore:
             dequeue_count=int(entity["DequeueCount"]),
             time=entity["Time"],
             replayed_at=entity.get("ReplayedAt"),
+            etag=_etag_of(entity),
         )

@@ -45,10 +45,17 @@ ONLY_ON_SOME_SIDES: dict[str, tuple[frozenset[str], str]] = {
         frozenset({LOCAL}),
         "EnableWorkerIndexing for older Core Tools; the default for Python v2 apps in Azure",
     ),
-    "SANDBOX_FUNCTION_KEY": (frozenset({LOCAL}), "function key of the sandbox host; Azure issues its own keys"),
+    "SANDBOX_FUNCTION_KEY": (
+        frozenset({CODE, LOCAL}),
+        "function key of the sandbox host (the status page accepts it there); Azure issues its own keys",
+    ),
     "AzureWebJobsStorage": (
         frozenset({CODE, LOCAL}),
         "a connection string locally (Azurite); in Azure the identity-based AzureWebJobsStorage__* settings",
+    ),
+    "WEBSITE_AUTH_ENABLED": (
+        frozenset({CODE}),
+        "set by App Service itself when App Service authentication (infra/app/statusauth.bicep) is on",
     ),
     # Azure only: identity-based storage, read by our code and by the host.
     "AzureWebJobsStorage__tableServiceUri": (frozenset({CODE, BICEP}), "identity-based storage in Azure"),

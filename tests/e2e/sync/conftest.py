@@ -370,6 +370,7 @@ def system(
         CRM_POLL_SCHEDULE="*/1 * * * * *",
         PC_RECONCILE_SCHEDULE=RARE_SCHEDULE,
         PC_TOKEN_REFRESH_SCHEDULE=RARE_SCHEDULE,
+        ALERT_SCHEDULE=RARE_SCHEDULE,
     )
     environment.update(settings_overrides)
     settings = load_settings(environment)
