@@ -147,6 +147,7 @@ var tableNames = [
   'audit'
   'deadletters'
   'tokencache'
+  'backfill'
 ]
 var queues = [for queueName in queueNames: { name: queueName }]
 var tables = [for tableName in tableNames: { name: tableName }]
@@ -179,6 +180,8 @@ var appSettings = {
   CRM_POLL_SCHEDULE: crmPollSchedule
   PC_RECONCILE_SCHEDULE: pcReconcileSchedule
   PC_TOKEN_REFRESH_SCHEDULE: pcTokenRefreshSchedule
+  // Backfill (read by `python -m shared backfill` wherever an admin runs it with these settings)
+  BACKFILL_SYNCS_PER_MINUTE: '30'
   // Partner Center
   PC_TENANT_ID: pcTenantId
   PC_CLIENT_ID: pcClientId
