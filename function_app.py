@@ -12,7 +12,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared import bootstrap
+from shared import bootstrap, telemetry
 from shared.admin import health as health_checks
 from shared.sync import failures
 from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
@@ -45,9 +45,10 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
     """Function key + Partner Center signature: verify, enqueue a `sync` message, acknowledge."""
     from shared.partner_center import webhook
 
-    result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
-    if result.message is not None:
-        bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
+    with telemetry.span("receive Partner Center event"):  # the root of this change's trace
+        result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
+        if result.message is not None:
+            bootstrap.queue_producer().send(result.message)  # a failure here is a 500: PC delivers again
     return _json(result.body, result.status)
 
 

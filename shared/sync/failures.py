@@ -7,10 +7,12 @@ reason, so an admin sees "Salesforce said REQUEST_LIMIT_EXCEEDED", not just "fai
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from shared import telemetry
 from shared.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,37 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
     """Record a poison message as a dead letter. Never raises: a poison handler that fails would
     only move the message to yet another poison queue; instead the payload goes to the log.
     `state` is a factory so that even a settings error is caught and logged here."""
+    carried = _trace_context_of(payload)
+    with telemetry.continued_trace(f"dead letter {queue}", *carried) as span:
+        try:
+            letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
+        except Exception:
+            span.set_attribute(telemetry.OUTCOME, "dead_letter")
+            log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
+            return
+        result = {
+            telemetry.OUTCOME: "dead_letter",
+            telemetry.ERROR_REASON: telemetry.error_reason(letter.reason),
+            "cosell.dead_letter_id": letter.id,
+        }
+        span.set_attributes(result)
+        log.error(
+            "dead letter %s from %s after %d attempts: %s",
+            letter.id,
+            queue,
+            letter.dequeue_count,
+            letter.reason,
+            extra=result,
+        )
+
+
+def _trace_context_of(payload: str) -> tuple[str | None, str | None]:
+    """The trace context a message carries, read leniently: a poison message may be anything."""
     try:
-        letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
-        log.error("dead letter %s from %s after %d attempts: %s", letter.id, queue, letter.dequeue_count, letter.reason)
-    except Exception:
-        log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
+        body = json.loads(payload)
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    parent, state = body.get("traceparent"), body.get("tracestate")
+    return (parent if isinstance(parent, str) else None), (state if isinstance(state, str) else None)

@@ -11,10 +11,11 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from shared import telemetry
 from shared.crm.port import CrmPort
 from shared.model.referral import format_pc_datetime, parse_pc_datetime
 from shared.partner_center.client import PartnerCenterClient
-from shared.sync.queues import CrmChange, PartnerCenterChange, QueueProducer
+from shared.sync.queues import CrmChange, PartnerCenterChange, QueueProducer, message_attributes
 from shared.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,18 @@ def crm_watermark_name(crm: CrmPort) -> str:
 
 def poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer) -> int:
     """Enqueue every CRM record with Sync = Yes changed since the last poll; returns how many."""
+    with telemetry.span("poll CRM", {telemetry.SOURCE: "crm"}):
+        return _poll_crm(crm, state, queue)
+
+
+def _poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer) -> int:
     name = crm_watermark_name(crm)
     mark = state.get_watermark(name)
     changes = crm.changed_since(mark.value if mark else None)
     for ref in changes.refs:
-        queue.send(CrmChange(object=ref.kind, record_id=ref.id))
+        message = CrmChange(object=ref.kind, record_id=ref.id)
+        with telemetry.change_trace("CRM change", message_attributes(message)):
+            queue.send(message)
     if changes.watermark and changes.watermark != (mark.value if mark else None):
         state.save_watermark(name, changes.watermark, etag=mark.etag if mark else None)
     if changes.refs:
@@ -53,6 +61,13 @@ def reconcile_partner_center(
 ) -> int:
     """Enqueue every referral Partner Center changed since the last run (catches webhooks Partner
     Center gave up delivering, reference 2.5); returns how many."""
+    with telemetry.span("reconcile Partner Center", {telemetry.SOURCE: "pc"}):
+        return _reconcile(partner_center, state, queue, clock)
+
+
+def _reconcile(
+    partner_center: PartnerCenterClient, state: StateStore, queue: QueueProducer, clock: Callable[[], dt.datetime]
+) -> int:
     mark = state.get_watermark(RECONCILE_WATERMARK)
     if mark is not None:
         since = parse_pc_datetime(mark.value) - RECONCILE_OVERLAP
@@ -63,7 +78,9 @@ def reconcile_partner_center(
     for referral in partner_center.referrals_updated_since(since):
         if not referral.id:
             continue
-        queue.send(PartnerCenterChange(referral_id=referral.id, event="reconcile"))
+        message = PartnerCenterChange(referral_id=referral.id, event="reconcile")
+        with telemetry.change_trace("Partner Center change", message_attributes(message)):
+            queue.send(message)
         count += 1
         if referral.updated_date_time and (newest is None or referral.updated_date_time > newest):
             newest = referral.updated_date_time
