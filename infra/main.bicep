@@ -305,6 +305,17 @@ module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
   }
 }
 
+// Syncs by outcome, latency, errors by reason, dead letters: from the app's OpenTelemetry spans.
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.resourceId
+  }
+}
+
 module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg

@@ -36,9 +36,12 @@ CRM_RECORD_ID = "cosell.crm_record_id"
 SOURCE = "cosell.source"
 EVENT = "cosell.event"
 OUTCOME = "cosell.outcome"
-"""synced | unchanged | skipped | error (a permanent problem, said on the record) | retry (raised for
-the queue to retry) | invalid (dead-lettered at once) | dead_letter (retries exhausted)"""
+OUTCOMES = ("synced", "unchanged", "skipped", "error", "retry", "invalid", "dead_letter")
+"""Values of OUTCOME: synced now | nothing to write | skipped (no link: not ours to sync) | error (a
+permanent problem, said on the record) | retry (raised for the queue to retry) | invalid (not a sync
+request: dead-lettered at once) | dead_letter (retries exhausted)."""
 ERROR_REASON = "cosell.error_reason"
+DEAD_LETTER_ID = "cosell.dead_letter_id"
 CHANGE_AGE_MS = "cosell.change_age_ms"
 """Milliseconds from the change being found (webhook or poll) to the end of its sync."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared import telemetry
 from shared.sync.state import StateStore
@@ -43,8 +43,19 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
     """Record a poison message as a dead letter. Never raises: a poison handler that fails would
     only move the message to yet another poison queue; instead the payload goes to the log.
     `state` is a factory so that even a settings error is caught and logged here."""
-    carried = _trace_context_of(payload)
-    with telemetry.continued_trace(f"dead letter {queue}", *carried) as span:
+    body = _json_object(payload)
+    traceparent, tracestate = body.get("traceparent"), body.get("tracestate")
+    ids = {
+        telemetry.REFERRAL_ID: body.get("referral_id"),
+        telemetry.CRM_OBJECT: body.get("object"),
+        telemetry.CRM_RECORD_ID: body.get("record_id"),
+    }
+    with telemetry.continued_trace(
+        f"dead letter {queue}",
+        traceparent if isinstance(traceparent, str) else None,
+        tracestate if isinstance(tracestate, str) else None,
+        {name: value for name, value in ids.items() if isinstance(value, str)},
+    ) as span:
         try:
             letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
         except Exception:
@@ -54,7 +65,7 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
         result = {
             telemetry.OUTCOME: "dead_letter",
             telemetry.ERROR_REASON: telemetry.error_reason(letter.reason),
-            "cosell.dead_letter_id": letter.id,
+            telemetry.DEAD_LETTER_ID: letter.id,
         }
         span.set_attributes(result)
         log.error(
@@ -67,13 +78,10 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
         )
 
 
-def _trace_context_of(payload: str) -> tuple[str | None, str | None]:
-    """The trace context a message carries, read leniently: a poison message may be anything."""
+def _json_object(payload: str) -> dict[str, Any]:
+    """The message as a JSON object, read leniently: a poison message may be anything."""
     try:
         body = json.loads(payload)
     except ValueError:
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    parent, state = body.get("traceparent"), body.get("tracestate")
-    return (parent if isinstance(parent, str) else None), (state if isinstance(state, str) else None)
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -85,4 +85,4 @@ def test_a_dead_letter_ends_the_change_trace_with_its_reason(
     assert (letter.attributes or {})[telemetry.OUTCOME] == "dead_letter"
     assert (letter.attributes or {})[telemetry.ERROR_REASON] == "CrmTransientError"
     record = next(item for item in caplog.records if getattr(item, telemetry.OUTCOME, None) == "dead_letter")
-    assert getattr(record, "cosell.dead_letter_id") == (letter.attributes or {})["cosell.dead_letter_id"]
+    assert getattr(record, telemetry.DEAD_LETTER_ID) == (letter.attributes or {})[telemetry.DEAD_LETTER_ID]
