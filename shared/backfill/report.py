@@ -70,7 +70,8 @@ def print_table(comparison: Comparison, out: TextIO) -> None:
     console = Console(file=out, width=200 if not out.isatty() else None, highlight=False)
     table = Table(show_lines=False, expand=False)
     for column in COLUMNS:
-        table.add_column(HEADINGS[column], overflow="fold")
+        ids = column in ("referral", "crm_record")  # whole, so they can be copied from the terminal
+        table.add_column(HEADINGS[column], overflow="fold", no_wrap=ids)
     for row in rows(comparison):
         table.add_row(*(row[column] for column in COLUMNS), style="bold" if not row["field"] else None)
     if comparison.findings:
