@@ -163,6 +163,11 @@ class _Compare:
                 problems.append(
                     f"referral {referral_id} does not exist in Partner Center (or this sign-in cannot see it)"
                 )
+            elif found.organization_id == MICROSOFT_ORGANIZATION_ID:
+                problems.append(
+                    f"referral {referral_id} is Microsoft's own referral of engagement {found.engagement_id}; "
+                    "name the partner's referral of that engagement"
+                )
         for ref in scope.crm_refs:
             try:
                 record = self.record(ref)

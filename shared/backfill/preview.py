@@ -34,6 +34,8 @@ NOTHING_STORED_DIFFERENTLY = "nothing: neither side changed it since the last sy
 CLOSED_STATES = ("won", "lost", "declined", "expired")
 # Read-only CRM fields that simply follow Partner Center (the engine writes them with every sync).
 MIRRORED_FIELDS = {"status_mirror": "referral status", "engagement_id": "engagement id"}
+# The engine only looks at a pair when one side changed; a mirror alone does not make it look.
+MIRRORED = f"{TO_CRM} with the next sync of this pair"
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def _differences(pc: View, crm: View, actions: dict[str, str]) -> list[FieldDiff
         found.append(FieldDifference(name, FIELD_LABELS[name], shown(pc.get(name)), shown(crm.get(name)), action))
     for name, label in MIRRORED_FIELDS.items():
         if pc.get(name) and pc.get(name) != crm.get(name):
-            found.append(FieldDifference(name, label, shown(pc.get(name)), shown(crm.get(name)), TO_CRM))
+            found.append(FieldDifference(name, label, shown(pc.get(name)), shown(crm.get(name)), MIRRORED))
     return found
 
 
@@ -231,7 +233,7 @@ def _linked(settings: Settings, crm_kind: str, referral: Referral, record: CrmRe
                 f"{TO_PC}: {status.label}",
             )
         )
-    moving = [item for item in differences if not item.action.startswith("nothing")]
+    moving = [item for item in differences if not item.action.startswith("nothing") and item.action != MIRRORED]
     if not moving:
         return Preview(
             "nothing: in sync" if not differences else "nothing: the differences are not changes", None, differences

@@ -344,3 +344,23 @@ def test_unknown_ids_give_a_clear_message_and_change_nothing(backfill: Backfill,
     after.pop("backfill", None)  # --apply looks for an unfinished run (creating the table on first use)
     before_storage.pop("backfill", None)
     assert after == before_storage
+
+
+def test_an_unfinished_run_can_be_abandoned_instead_of_resumed(
+    backfill: Backfill, empty_sync_queues: None, tmp_path: Path
+) -> None:
+    store = BackfillStore(backfill.storage)
+    abandoned = f"abandoned-{tag()}"
+    payload = PartnerCenterChange(referral_id=abandoned, event="backfill").model_dump_json(exclude_none=True)
+    run = store.create(Scope(since=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)), [(payload, f"referral {abandoned}")])
+    assert store.unfinished() == run
+
+    code, printed = backfill.cli("--dry-run", "--abandon-unfinished")
+    assert code == 2 and "goes with --apply" in printed
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat()
+    code, printed = backfill.cli(
+        "--apply", "--abandon-unfinished", "--since", since, "--report", str(tmp_path / "r.csv")
+    )
+    assert f"abandoned the unfinished backfill {run.run_id}" in printed, printed
+    assert store.unfinished() is None or store.unfinished() != run
+    assert backfill.queued({abandoned}) == []  # the dropped plan's sync was never sent
