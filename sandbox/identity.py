@@ -21,7 +21,9 @@ until `POST /_sandbox/device-codes/approve` (body `{"user_code": ...}` or empty 
 Other controls: `POST /_sandbox/revoke-refresh-tokens` (every refresh token issued so far fails
 with `invalid_grant`/AADSTS700082), `POST /_sandbox/settings` with any of
 `access_token_lifetime_seconds`, `device_code_lifetime_seconds`, `device_code_interval_seconds`,
-`device_code_approval` (`first-poll` | `manual`).
+`device_code_approval` (`first-poll` | `manual`), `sign_in_mfa` (true | false: whether the next
+device-code sign-in completes multi-factor authentication; its tokens, refreshed ones included,
+carry `amr` with or without "mfa", and Partner Center refuses user calls without it).
 
 Tokens are RS256 JWTs signed with a key kept in `$SANDBOX_DIR/identity-signing-key.pem` (created on
 first use); `verify_access_token` reads the same file, so other simulators (in this process or
@@ -160,6 +162,11 @@ def verify_access_token(token: str, *, audience: str) -> dict[str, Any]:
     return claims
 
 
+def _methods(mfa: bool) -> list[str]:
+    """The `amr` claim: how the user signed in (Entra lists "mfa" when MFA was completed)."""
+    return ["pwd", "mfa"] if mfa else ["pwd"]
+
+
 # ---- records ------------------------------------------------------------------------------------
 @dataclass
 class _DeviceCode:
@@ -180,6 +187,7 @@ class _RefreshToken:
     user: str
     issued_at: float
     revoked: bool = False
+    mfa: bool = True  # the sign-in it came from completed MFA: its access tokens say so (`amr`)
     used_count: int = 0
     last_used_at: float | None = None
 
@@ -190,6 +198,7 @@ class _Settings:
     device_code_lifetime_seconds: int = 900
     device_code_interval_seconds: int = 5
     device_code_approval: DeviceCodeApproval = "first-poll"
+    sign_in_mfa: bool = True  # whether the next device-code sign-in completes multi-factor authentication
     issued: list[JsonDict] = field(default_factory=list)
 
 
@@ -388,7 +397,9 @@ class IdentitySimulator(Simulator):
     def _sign(self, claims: JsonDict) -> str:
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": _key_id(self._key.public_key())})
 
-    def _access_token(self, *, tenant: str, client_id: str, resource: str, user: str | None) -> tuple[str, int]:
+    def _access_token(
+        self, *, tenant: str, client_id: str, resource: str, user: str | None, mfa: bool = False
+    ) -> tuple[str, int]:
         now = int(time.time())
         lifetime = self.settings.access_token_lifetime_seconds
         claims: JsonDict = {
@@ -413,14 +424,17 @@ class IdentitySimulator(Simulator):
                 "unique_name": user,
                 "name": "Sandbox Referrals Admin",
                 "scp": "user_impersonation",
+                "amr": _methods(mfa),
             }
         self.settings.issued.append({"aud": resource, "appid": client_id, "upn": user, "exp": now + lifetime})
         return self._sign(claims), lifetime
 
     def _delegated_response(
-        self, *, tenant: str, client_id: str, user: str, scopes: list[str], resource: str
+        self, *, tenant: str, client_id: str, user: str, scopes: list[str], resource: str, mfa: bool
     ) -> JsonDict:
-        access_token, lifetime = self._access_token(tenant=tenant, client_id=client_id, resource=resource, user=user)
+        access_token, lifetime = self._access_token(
+            tenant=tenant, client_id=client_id, resource=resource, user=user, mfa=mfa
+        )
         now = int(time.time())
         oid = _user_object_id(user)
         id_token = self._sign(
@@ -435,11 +449,12 @@ class IdentitySimulator(Simulator):
                 "tid": tenant,
                 "preferred_username": user,
                 "name": "Sandbox Referrals Admin",
+                "amr": _methods(mfa),
                 "ver": "2.0",
             }
         )
         refresh_token = "sbx-rt." + secrets.token_urlsafe(48)
-        self.refresh_tokens[refresh_token] = _RefreshToken(client_id, tenant, user, issued_at=time.time())
+        self.refresh_tokens[refresh_token] = _RefreshToken(client_id, tenant, user, issued_at=time.time(), mfa=mfa)
         # Echo the requested scopes (the `.default` scope included): MSAL files the token in its
         # cache under this `scope`, and a later silent call for the same scopes finds it there.
         granted = [scope for scope in scopes if scope != "offline_access"]
@@ -600,7 +615,7 @@ class IdentitySimulator(Simulator):
         record.used_count += 1
         record.last_used_at = time.time()
         return self._delegated_response(
-            tenant=tenant, client_id=client_id, user=record.user, scopes=scopes, resource=resource
+            tenant=tenant, client_id=client_id, user=record.user, scopes=scopes, resource=resource, mfa=record.mfa
         )
 
     def _grant_device_code(self, request: Request, form: dict[str, str], tenant: str) -> JsonDict:
@@ -626,7 +641,12 @@ class IdentitySimulator(Simulator):
         record.redeemed = True
         resource, _ = self._resource_scopes(" ".join(record.scopes))
         return self._delegated_response(
-            tenant=tenant, client_id=client_id, user=self.admin_user, scopes=record.scopes, resource=resource
+            tenant=tenant,
+            client_id=client_id,
+            user=self.admin_user,
+            scopes=record.scopes,
+            resource=resource,
+            mfa=self.settings.sign_in_mfa,
         )
 
     # ---- control API ----------------------------------------------------------------------------
@@ -667,6 +687,8 @@ class IdentitySimulator(Simulator):
                     setattr(self.settings, name, value)
                 elif name == "device_code_approval" and value in ("first-poll", "manual"):
                     self.settings.device_code_approval = value
+                elif name == "sign_in_mfa" and isinstance(value, bool):
+                    self.settings.sign_in_mfa = value
                 else:
                     return json_response(
                         400, {"error": {"code": "BadSettings", "message": f"{name}={value!r} is not a valid setting"}}

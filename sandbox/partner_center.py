@@ -1,12 +1,25 @@
 """The Partner Center simulator: Referrals API, webhook registration API and signed webhook delivery.
 
-Speaks the contract of reference/partner-center-api.md (served at `https://127.0.0.1:7101`):
+Speaks the contract of shared/partner_center/contract.json (Microsoft's certified connector
+definition and the Learn pages, as data) and reference/partner-center-api.md, at
+`https://127.0.0.1:7101`:
 
     /v1.0/engagements/referrals[/{id}]       GET list/get, POST create, PATCH (JSON Patch), PUT
-    /webhooks/v1/registration                GET / POST (refused if one exists) / PUT (replaces)
+    /webhooks/v1/registration                GET / POST 200 (400 if one exists) / PUT 200 (replaces)
     /webhooks/v1/registration/events         GET the supported event names
     /webhooks/v1/registration/validationEvents[/{correlationId}]   POST send test / GET its results
-    /cert/{name}                             the webhook signing certificate (DER), as PC's blob URL
+    /cert/{name}                             the webhook signing certificate (leaf only, DER), as PC's
+                                             blob URL, and the intermediate CA its AIA URL names
+
+What the contract makes it enforce: a PATCH with any path the contract does not list is refused
+whole (400 `invalidRequest`, status changes in it included); `dealValue` is taken as a number or
+as text; a create must carry the required members and the customer's marketplace intent; every
+answer carries every member the definition lists (null where unknown); list options `$filter`,
+`$orderby`, `$top`, `$skip`, `$count`, `$select` are honoured, `$expand` and unknown options are
+refused (400); `links.relatedReferrals.uri` holds the engagement id unquoted (the quoted filter
+works too); user (App+User) tokens without an MFA claim (`amr` lacking "mfa") get 401 with error
+900421 (nested `innerError` on the Referrals API, the classic body's code on the registration
+host); validation-event results carry `responseCode` by name ("OK") and `systemError` as a boolean.
 
 Bearer tokens come from the sandbox identity provider and are checked with `verify_access_token`:
 audience `https://api.partner.microsoft.com` (delegated tokens only, as the real Referrals API) for
@@ -15,9 +28,10 @@ referrals, `https://api.partnercenter.microsoft.com` for registration.
 Every referral write fires a webhook (`referral-created` / `referral-updated`) to the registered URL
 when that event is registered, signed like Partner Center: `Authorization: Signature <base64
 RSA-SHA256>` (or `x-ms-signature` when registered with `SignatureTokenToMsSignatureHeader`),
-`x-ms-certificate-url` (this simulator's `/cert/...`, a certificate with O=Microsoft Corporation
-issued by the sandbox CA) and `x-ms-signature-algorithm: rsa-sha256`. A delivery is attempted up
-to 10 times with exponential back-off, then parked (as PC's "offline queue").
+`x-ms-certificate-url` (this simulator's `/cert/...`: a leaf with O=Microsoft Corporation issued by
+an intermediate CA "Microsoft Corporation" under the sandbox root) and `x-ms-signature-algorithm:
+rsa-sha256`. A delivery is attempted up to 10 times with exponential back-off, then parked (as PC's
+"offline queue").
 
 Control API (besides reset/state/requests/faults of `sandbox.server`):
     POST /_sandbox/incoming-referral          Microsoft shares a new referral (body: referral fields)
@@ -52,109 +66,87 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from sandbox import credentials
 from sandbox.identity import InvalidAccessToken, verify_access_token
 from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
-from sandbox.tls import ensure_ca, issue_certificate
+from sandbox.tls import ensure_ca, ensure_intermediate_ca, issue_signing_certificate
 from shared.http import tls_context
+from shared.partner_center.contract import contract
 
 REFERRALS_AUDIENCE = "https://api.partner.microsoft.com"
 REGISTRATION_AUDIENCE = "https://api.partnercenter.microsoft.com"
 REFERRALS_PATH = "/v1.0/engagements/referrals"
 REGISTRATION_PATH = "/webhooks/v1/registration"
 SIGNING_CERTIFICATE_NAME = "pcnotifications-dispatch.sandbox"
-PAGE_SIZE = 100
+INTERMEDIATE_CERTIFICATE_NAME = "microsoft-sandbox-signing-ca"
+PAGE_SIZE = contract().list_page_size
 PARTNER_ORGANIZATION_ID = "5b1f8a2c-0d3e-4f7a-8b9c-6d5e4f3a2b1c"
 PARTNER_ORGANIZATION_NAME = "Sandbox Partner Ltd"
 
 REFERRAL_EVENTS = ("referral-created", "referral-updated", "related-referral-created", "related-referral-updated")
 SUPPORTED_EVENTS = (*REFERRAL_EVENTS, "test-created", "subscription-updated", "invoice-ready")
 
-# Status -> the substatus values allowed with it, and the statuses it may move to (reference 1.4).
-_SUBSTATUS = {
-    "New": {"Pending", "Received"},
-    "Active": {"Accepted"},
-    "Closed": {"Won", "Lost", "Declined", "Expired"},
-}
-_NEXT_STATUS = {"New": {"New", "Active", "Closed"}, "Active": {"Active", "Closed"}, "Closed": set()}
+_CONTRACT = contract()
+_STATUS_CODES = {status.value for status in HTTPStatus}
+# Status -> the substatus values allowed with it, and the statuses it may move to (the contract).
+_SUBSTATUS = {status: set(_CONTRACT.substatuses(status)) for status in _CONTRACT.transition_statuses}
+_NEXT_STATUS = {status: set(_CONTRACT.next_statuses(status)) for status in _CONTRACT.transition_statuses}
 _READ_ONLY = {"id", "engagementId", "createdDateTime", "updatedDateTime", "eTag", "organizationId", "direction"}
-_FILTER_FIELDS = {
-    "updatedDateTime",
-    "createdDateTime",
-    "engagementId",
-    "direction",
-    "status",
-    "substatus",
-    "externalReferenceId",
-    "type",
-    "qualification",
-}
-_DATE_FIELDS = {"updatedDateTime", "createdDateTime"}
+_FILTER_FIELDS = set(_CONTRACT.filter_fields)
+_DATE_FIELDS = set(_CONTRACT.orderby_fields)
 _CONDITION = re.compile(r"(\w+)\s+(eq|ne|gt|ge|lt|le)\s+('(?:[^']|'')*'|[^\s()']+)", re.IGNORECASE)
 
-# Every top-level member a stored referral carries, so JSON Patch `replace` finds its target.
-_REFERRAL_TEMPLATE: JsonDict = {
-    "id": None,
-    "engagementId": None,
-    "organizationId": None,
-    "organizationName": None,
-    "name": None,
-    "externalReferenceId": None,
-    "createdDateTime": None,
-    "updatedDateTime": None,
-    "expirationDateTime": None,
-    "acceptedDateTime": None,
-    "closedDateTime": None,
-    "status": "New",
-    "substatus": "Pending",
-    "statusReason": None,
-    "type": "Independent",
-    "qualification": "SalesQualified",
-    "direction": "Outgoing",
-    "eTag": None,
-    "salesStage": None,
-    "referralProgram": "None",
-    "isSpam": False,
-    "favorite": False,
-    "dealSensitivity": "None",
-    "tags": [],
-    "target": [],
-    "team": [],
-    "customerProfile": {"name": None, "size": None, "address": {}, "team": [], "ids": []},
-    "consent": {
-        "consentToContact": False,
-        "consentToToShareInfoWithOthers": False,
-        "consentToShareReferralWithMicrosoftSellers": False,
-    },
-    "details": {"notes": None, "dealValue": None, "currency": None, "closingDateTime": None, "requirements": {}},
-    "inviteContext": {"notes": None, "assistanceRequestCode": None, "invitedMpnId": None, "invitedBy": None},
-    "trackingInfo": {"microsoftMsxId": None, "microsoftUSFedOpportunityId": None, "microsoftUSFedLeadId": None},
-    "links": {},
-}
+# Every member the definition lists (null where unknown), so answers carry them all and JSON Patch
+# `replace` finds its target; the defaults are what Partner Center shows for a new referral.
+_REFERRAL_TEMPLATE: JsonDict = _CONTRACT.referral_document(
+    {
+        "status": "New",
+        "substatus": "Pending",
+        "type": "Independent",
+        "qualification": "SalesQualified",
+        "direction": "Outgoing",
+        "referralProgram": "None",
+        "registrationStatus": "None",
+        "quality": "Unknown",
+        "isSpam": False,
+        "favorite": False,
+        "consent": {
+            "consentToContact": False,
+            "consentToToShareInfoWithOthers": False,
+            "consentToShareReferralWithMicrosoftSellers": False,
+        },
+    }
+)
 
 
 class ApiError(Exception):
     """A documented Partner Center error: `{"error": {"code", "message", "target"}}`."""
 
-    def __init__(self, status: int, code: str, message: str, target: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, target: str | None = None, inner: JsonDict | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.target = target
+        self.inner = inner
 
     def response(self) -> Response:
         error: JsonDict = {"code": self.code, "message": self.message}
         if self.target:
             error["target"] = self.target
+        if self.inner:
+            error["innerError"] = self.inner
         return json_response(self.status, {"error": error})
 
 
@@ -247,6 +239,41 @@ def apply_json_patch(document: JsonDict, operations: Any) -> JsonDict:
         else:
             raise ApiError(400, "invalidRequest", f"Path {operation['path']} does not exist.", operation["path"])
     return patched
+
+
+def _count_option(request: Request, name: str) -> int | None:
+    text = request.arg(name)
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise ApiError(400, "invalidRequest", f"{name} must be a non-negative integer.", name)
+    return int(text)
+
+
+def _check_patch_paths(operations: Any) -> None:
+    """Partner Center takes a PATCH only on the contract's paths; one other path refuses it all."""
+    for operation in operations if isinstance(operations, list) else []:
+        path = operation.get("path") if isinstance(operation, dict) else None
+        if isinstance(path, str) and not _CONTRACT.is_patchable(path):
+            status, code, message = _CONTRACT.refused_path_error(path)
+            raise ApiError(status, code, message, path)
+
+
+def _numbers_as_numbers(referral: JsonDict) -> JsonDict:
+    """Learn's PATCH sample sends `dealValue` as a string ("10000"); the definition types it a
+    number. Both are accepted and stored as a number."""
+    details = referral.get("details")
+    if not isinstance(details, dict):
+        return referral
+    value = details.get("dealValue")
+    if isinstance(value, str):
+        try:
+            details["dealValue"] = float(value)
+        except ValueError as error:
+            raise ApiError(
+                400, "invalidRequest", f"dealValue {value!r} is not a number.", "/details/dealValue"
+            ) from error
+    return referral
 
 
 def _member(container: Any, key: str) -> Any:
@@ -399,12 +426,16 @@ class PartnerCenterSimulator(Simulator):
         self.page_size = page_size
         self._delivery_defaults = (backoff_seconds, max_backoff_seconds, max_attempts, delivery_timeout_seconds)
         self.validation_events_per_minute = validation_events_per_minute
-        signing = issue_certificate(SIGNING_CERTIFICATE_NAME, organization="Microsoft Corporation", server=False)
-        self._signing_certificate = x509.load_pem_x509_certificate(signing.cert_path.read_bytes())
-        key = serialization.load_pem_private_key(signing.key_path.read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise TypeError(f"{signing.key_path} does not hold an RSA key")
-        self._signing_key = key
+        # As Microsoft's: a leaf issued by an intermediate CA, the certificate URL serving the leaf
+        # only and the leaf's AIA "CA Issuers" URL serving the intermediate.
+        intermediate = ensure_intermediate_ca(INTERMEDIATE_CERTIFICATE_NAME, organization="Microsoft Corporation")
+        self._intermediate_certificate = x509.load_pem_x509_certificate(intermediate.cert_path.read_bytes())
+        self._signing_certificate, self._signing_key = issue_signing_certificate(
+            SIGNING_CERTIFICATE_NAME,
+            issuer=intermediate,
+            organization="Microsoft Corporation",
+            ca_issuers_url=f"{base_url.rstrip('/')}/cert/{INTERMEDIATE_CERTIFICATE_NAME}.cer" if base_url else None,
+        )
         self._http = httpx.Client(verify=tls_context(str(ensure_ca().cert_path)), follow_redirects=False)
         self._dispatcher = _Dispatcher(self._attempt)
         super().__init__(base_url)
@@ -455,10 +486,7 @@ class PartnerCenterSimulator(Simulator):
             return json_response(
                 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {retry} seconds."}
             )
-        codes = {400: "invalidRequest", 401: "unauthenticated", 403: "accessDenied", 404: "itemNotFound"}
-        codes |= {412: "preconditionFailed", 503: "serviceNotAvailable"}
-        code = codes.get(status, "generalException")
-        return ApiError(status, code, f"The service returned {status}.").response()
+        return ApiError(status, _CONTRACT.error_code(status), f"The service returned {status}.").response()
 
     def not_found_response(self, request: Request) -> Response:
         return ApiError(404, "itemNotFound", f"No resource at {request.path}.").response()
@@ -473,6 +501,13 @@ class PartnerCenterSimulator(Simulator):
             raise ApiError(401, "unauthenticated", f"The access token is invalid: {error.reason}.") from error
         if delegated and "scp" not in claims:
             raise ApiError(403, "accessDenied", "App-only tokens are not supported; use an App+User token.")
+        if "scp" in claims and not _CONTRACT.has_mfa_claim(claims):
+            # User-based calls need an MFA claim (2026). Where the code sits in the body is not
+            # published: the Referrals API answer nests it (innerError), the registration host's
+            # classic body carries it as its code, so clients are tested against both.
+            message = "Multi-factor authentication is required for user-based Partner Center API calls."
+            inner = {"code": _CONTRACT.mfa_error_code, "message": message}
+            raise ApiError(401, "unauthenticated", message, inner=inner)
         return claims
 
     # ---- referrals: helpers -----------------------------------------------------------------------
@@ -480,7 +515,8 @@ class PartnerCenterSimulator(Simulator):
         base = f"{self.base_url}{REFERRALS_PATH}"
         return {
             "relatedReferrals": {
-                "uri": f"{base}?$filter=engagementId eq '{referral['engagementId']}'",
+                # Unquoted, as real payloads carry it (the filter accepts the quoted form too).
+                "uri": f"{base}?$filter={_CONTRACT.related_referrals_filter(referral['engagementId'])}",
                 "method": "GET",
             },
             "self": {"uri": f"{base}/{referral['id']}", "method": "GET"},
@@ -511,6 +547,25 @@ class PartnerCenterSimulator(Simulator):
         return referral
 
     @staticmethod
+    def _validate_new(fields: JsonDict) -> None:
+        """What a create must carry (the contract): the required members and, since 2026-01-05,
+        the customer's marketplace intent."""
+        for path in _CONTRACT.create["required"]:
+            node: Any = fields
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None or node == "" or node == {}:
+                raise ApiError(400, "invalidRequest", f"{path} is required.", path)
+        if not _CONTRACT.has_marketplace_intent(fields):
+            raise ApiError(
+                400,
+                "invalidRequest",
+                "The customer's marketplace intent (details.requirements.additionalRequirements.attributes, "
+                "type CustomerMarketplaceIntent) is required.",
+                "details.requirements.additionalRequirements",
+            )
+
+    @staticmethod
     def _validate(referral: JsonDict) -> None:
         """Microsoft's documented rejections (reference section 4)."""
         if not referral.get("name"):
@@ -525,20 +580,17 @@ class PartnerCenterSimulator(Simulator):
             )
         requirements = (referral.get("details") or {}).get("requirements") or {}
         solutions = requirements.get("solutions") or []
+        solution_ids = _CONTRACT.create["solution_ids_required"]
         if any(not (isinstance(item, dict) and item.get("id")) for item in solutions):
-            raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+            raise ApiError(400, "invalidRequest", solution_ids["message"], solution_ids["target"])
         help_code = (referral.get("inviteContext") or {}).get("assistanceRequestCode")
-        if help_code and help_code != "Unknown":
+        if help_code and help_code != "Unknown":  # a co-sell: what asking Microsoft for help needs
+            co_sell = _CONTRACT.create["co_sell_required"]
             if not solutions:
-                raise ApiError(400, "invalidRequest", "Solution ID is required.", "details.requirements.solutions")
+                raise ApiError(400, "invalidRequest", co_sell["solution"]["message"], co_sell["solution"]["target"])
             contacts = (referral.get("customerProfile") or {}).get("team") or []
             if not any(isinstance(contact, dict) and contact.get("email") for contact in contacts):
-                raise ApiError(
-                    400,
-                    "invalidRequest",
-                    "A customer contact is required when help from Microsoft is requested.",
-                    "customerProfile.team",
-                )
+                raise ApiError(400, "invalidRequest", co_sell["contact"]["message"], co_sell["contact"]["target"])
 
     @staticmethod
     def _check_transition(before: JsonDict, after: JsonDict) -> None:
@@ -595,12 +647,25 @@ class PartnerCenterSimulator(Simulator):
     def list_referrals(self, request: Request) -> Response:
         try:
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
+            unknown = sorted(
+                name for name in request.query if name.startswith("$") and name not in _CONTRACT.list_options
+            )
+            if unknown:
+                raise ApiError(400, "invalidRequest", f"The query option {unknown[0]} is not supported.", unknown[0])
             conditions = _parse_filter(request.arg("$filter") or "")
             order = (request.arg("$orderby") or "").split()
-            top_text = request.arg("$top")
-            if top_text is not None and not top_text.isdigit():
-                raise ApiError(400, "invalidRequest", "$top must be a non-negative integer.", "$top")
-            skip = self._skip_of(request.arg("$skiptoken"))
+            top, skip = _count_option(request, "$top"), _count_option(request, "$skip")
+            count = (request.arg("$count") or "true").lower()
+            if count not in ("true", "false"):
+                raise ApiError(400, "invalidRequest", "$count must be true or false.", "$count")
+            expand = request.arg("$expand")
+            if expand and any(item.strip() not in _CONTRACT.expandable for item in expand.split(",")):
+                raise ApiError(400, "invalidRequest", f"A referral has no navigation property {expand!r}.", "$expand")
+            select = [item.strip() for item in (request.arg("$select") or "").split(",") if item.strip()]
+            missing = [item for item in select if item not in _REFERRAL_TEMPLATE]
+            if missing:
+                raise ApiError(400, "invalidRequest", f"A referral has no member {missing[0]!r}.", "$select")
+            page_start = self._skip_of(request.arg("$skiptoken"))
             with self.lock:
                 matching = [copy.deepcopy(item) for item in self.referrals.values() if _matches(item, conditions)]
         except ApiError as error:
@@ -610,18 +675,19 @@ class PartnerCenterSimulator(Simulator):
                 return ApiError(400, "invalidRequest", f"Ordering by {' '.join(order)} is not supported.").response()
             descending = len(order) > 1 and order[1].lower() == "desc"
             matching.sort(key=lambda item: parse_timestamp(item[order[0]]), reverse=descending)
-        total = len(matching)
-        if top_text is not None:
-            matching = matching[: int(top_text)]
-        page = matching[skip : skip + self.page_size]
-        body: JsonDict = {
-            "@odata.context": f"{self.base_url}/v1.0/engagements/$metadata#referrals",
-            "@odata.count": total,
-            "value": page,
-        }
-        if skip + self.page_size < len(matching):
+        total = len(matching)  # OData: the count ignores $top and $skip
+        matching = matching[skip or 0 :]
+        if top is not None:
+            matching = matching[:top]
+        page = matching[page_start : page_start + self.page_size]
+        if select:
+            page = [{name: item.get(name) for name in select} for item in page]
+        body: JsonDict = {"@odata.context": f"{self.base_url}/v1.0/engagements/$metadata#referrals", "value": page}
+        if count == "true":
+            body["@odata.count"] = total
+        if page_start + self.page_size < len(matching):
             params = [(name, values[0]) for name, values in request.query.items() if name != "$skiptoken"]
-            token = base64.urlsafe_b64encode(json.dumps({"skip": skip + self.page_size}).encode()).decode()
+            token = base64.urlsafe_b64encode(json.dumps({"skip": page_start + self.page_size}).encode()).decode()
             params.append(("$skiptoken", token))
             body["@odata.nextLink"] = f"{self.base_url}{REFERRALS_PATH}?{urlencode(params, safe='$/:,')}"
         return json_response(200, body)
@@ -667,6 +733,7 @@ class PartnerCenterSimulator(Simulator):
         try:
             self._authorize(request, REFERRALS_AUDIENCE, delegated=True)
             fields = self._json_object(request)
+            self._validate_new(fields)
             self._validate(_merge_defaults(_REFERRAL_TEMPLATE, fields))
             status = fields.get("status") or "Active"
             substatus = fields.get("substatus") or ("Accepted" if status == "Active" else "Pending")
@@ -727,10 +794,11 @@ class PartnerCenterSimulator(Simulator):
                 operations = request.json()
             except ValueError as error:
                 raise ApiError(400, "invalidRequest", f"The request body is not valid JSON: {error}") from error
+            _check_patch_paths(operations)
             with self.lock:
                 before = self._get(request.path_params["referral_id"])
                 self._check_if_match(request, before, required=False)
-                after = apply_json_patch(before, operations)
+                after = _numbers_as_numbers(apply_json_patch(before, operations))
                 updated = self._update(before, after)
         except ApiError as error:
             return error.response()
@@ -770,7 +838,8 @@ class PartnerCenterSimulator(Simulator):
         try:
             self._authorize(request, REGISTRATION_AUDIENCE, delegated=False)
         except ApiError as error:
-            raise RegistrationError(error.status, error.status, error.message) from error
+            code = int(error.inner["code"]) if error.inner else error.status
+            raise RegistrationError(error.status, code, error.message) from error
 
     @staticmethod
     def _registration_body(request: Request) -> JsonDict:
@@ -823,11 +892,12 @@ class PartnerCenterSimulator(Simulator):
             registration = self._registration_body(request)
             with self.lock:
                 if self.registration is not None:
-                    raise RegistrationError(409, 409, "A registration already exists for this partner; use PUT.")
+                    # Undocumented: answered as a bad request (clients treat 400 and 409 alike).
+                    raise RegistrationError(400, 400, "A registration already exists for this partner; use PUT.")
                 self.registration = registration
         except RegistrationError as error:
             return error.response()
-        return json_response(201, dict(registration))
+        return json_response(_CONTRACT.registration_create_status, dict(registration))
 
     @route("PUT", REGISTRATION_PATH)
     def update_registration(self, request: Request) -> Response:
@@ -836,11 +906,12 @@ class PartnerCenterSimulator(Simulator):
             registration = self._registration_body(request)
             with self.lock:
                 if self.registration is None:
-                    raise RegistrationError(404, 404, "No webhook registration exists for this partner; use POST.")
+                    # Undocumented: answered as a bad request.
+                    raise RegistrationError(400, 400, "No webhook registration exists for this partner; use POST.")
                 self.registration = registration
         except RegistrationError as error:
             return error.response()
-        return json_response(200, dict(registration))
+        return json_response(_CONTRACT.registration_update_status, dict(registration))
 
     @route("POST", REGISTRATION_PATH + "/validationEvents")
     def send_validation_event(self, request: Request) -> Response:
@@ -884,9 +955,14 @@ class PartnerCenterSimulator(Simulator):
 
     @route("GET", "/cert/{name}")
     def signing_certificate(self, request: Request) -> Response:
-        if request.path_params["name"] != f"{SIGNING_CERTIFICATE_NAME}.cer":
+        served = {
+            f"{SIGNING_CERTIFICATE_NAME}.cer": self._signing_certificate,  # the leaf only, as Microsoft's URL
+            f"{INTERMEDIATE_CERTIFICATE_NAME}.cer": self._intermediate_certificate,  # the AIA "CA Issuers" URL
+        }
+        certificate = served.get(request.path_params["name"])
+        if certificate is None:
             return Response(404, b"BlobNotFound", {"Content-Type": "text/plain"})
-        der = self._signing_certificate.public_bytes(serialization.Encoding.DER)
+        der = certificate.public_bytes(serialization.Encoding.DER)
         return Response(200, der, {"Content-Type": "application/pkix-cert"})
 
     # ---- webhook delivery -------------------------------------------------------------------------
@@ -944,14 +1020,16 @@ class PartnerCenterSimulator(Simulator):
             response = self._http.post(
                 delivery.url, content=delivery.body, headers=delivery.headers, timeout=self.delivery_timeout_seconds
             )
-            code, message, system_error = response.status_code, response.reason_phrase, None
+            code, message, system_error = response.status_code, response.text[:200], False
         except httpx.HTTPError as error:
-            code, message, system_error = 0, "", f"{type(error).__name__}: {error}"
-        result = {"responseCode": code, "responseMessage": message, "systemError": system_error, "dateTimeUtc": started}
+            code, message, system_error = 0, f"{type(error).__name__}: {error}", True
+        # As Microsoft's sample: the status by name ("OK"), and systemError a boolean.
+        name = "".join(HTTPStatus(code).phrase.split()) if code in _STATUS_CODES else (str(code) if code else "")
+        result = {"responseCode": name, "responseMessage": message, "systemError": system_error, "dateTimeUtc": started}
         with self.lock:
             if delivery not in self.deliveries:
                 return False  # reset while in flight
-            delivery.attempts.append(result)
+            delivery.attempts.append({**result, "httpStatus": code})  # httpStatus: the sandbox's own record
             succeeded = 200 <= code < 300
             if succeeded:
                 delivery.status = "delivered"

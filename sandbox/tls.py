@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SANDBOX_DIR = PROJECT_ROOT / ".sandbox"
@@ -158,3 +158,82 @@ def issue_certificate(
         _write_key(key, files.key_path)
         files.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return files
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def ensure_intermediate_ca(name: str, *, organization: str, directory: Path | None = None) -> CertificateFiles:
+    """An intermediate CA (once) under the sandbox root: real webhook signing certificates come
+    through one, so the simulator's do too (path length 0: it issues end certificates only)."""
+    directory = directory or sandbox_dir()
+    root_files = ensure_ca(directory)
+    files = CertificateFiles(directory / f"{name}.pem", directory / f"{name}-key.pem")
+    with _lock:
+        if files.cert_path.exists() and files.key_path.exists():
+            return files
+        root_cert, root_key = _load_ca(root_files)
+        key = _new_key()
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name, organization))
+            .issuer_name(root_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1825))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256())
+        )
+        _write_key(key, files.key_path)
+        files.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return files
+
+
+def issue_signing_certificate(
+    name: str, *, issuer: CertificateFiles, organization: str, ca_issuers_url: str | None = None
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A fresh (in-memory) signing certificate issued by the intermediate `issuer`, carrying the
+    intermediate's download URL in its AIA "CA Issuers" entry when given (as Microsoft's do)."""
+    issuer_cert, issuer_key = _load_ca(issuer)
+    key = _new_key()
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name, organization))
+        .issuer_name(issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
+    if ca_issuers_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url)
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256()), key

@@ -7,6 +7,7 @@ Tests build their own objects from `Settings` instead of going through these pro
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +36,14 @@ def storage() -> StorageAccount:
     return StorageAccount.from_settings(settings())
 
 
+def clock() -> dt.datetime:
+    """The one clock of the engine and the state store (tests inject their own into both)."""
+    return dt.datetime.now(dt.UTC)
+
+
 @functools.cache
 def state_store() -> StateStore:
-    return StateStore(storage())
+    return StateStore(storage(), clock=clock)
 
 
 @functools.cache
@@ -79,14 +85,15 @@ def partner_center() -> PartnerCenterClient:
     """The Referrals API client, signed in with the stored delegated token."""
     from shared.partner_center.client import PartnerCenterClient
 
-    return PartnerCenterClient.from_settings(settings(), partner_center_auth().token)
+    auth = partner_center_auth()  # issue 12: a refusal for lack of MFA shows on the health page
+    return PartnerCenterClient.from_settings(settings(), auth.token, on_mfa_required=auth.record_mfa_refusal)
 
 
 @functools.cache
 def sync_engine() -> SyncEngine:
     from shared.sync.engine import SyncEngine
 
-    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm())
+    return SyncEngine(settings=settings(), state=state_store(), partner_center=partner_center(), crm=crm(), clock=clock)
 
 
 def reset() -> None:

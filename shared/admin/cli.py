@@ -73,6 +73,14 @@ def _settings_reference(arguments: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _fields_reference(arguments: argparse.Namespace, out: TextIO) -> int:
+    """Print the table of synced fields (Markdown) that docs/sync.md embeds."""
+    from shared.mapping.fields import reference_table
+
+    out.write(reference_table())
+    return 0
+
+
 def _dead_letters(arguments: argparse.Namespace, out: TextIO) -> int:
     from shared import bootstrap
 
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("new-key", help="print a new random PC_TOKEN_CACHE_KEY").set_defaults(handler=_new_key)
     commands.add_parser("settings-reference", help="print the configuration reference (Markdown)").set_defaults(
         handler=_settings_reference
+    )
+    commands.add_parser("fields-reference", help="print the table of synced fields (Markdown)").set_defaults(
+        handler=_fields_reference
     )
 
     dead = commands.add_parser("dead-letters", help="list or replay messages that exhausted their retries")

@@ -13,6 +13,7 @@ from typing import Any
 
 from shared import __version__
 from shared.settings import Settings, SettingsError, get_settings
+from shared.sync.errors import NEEDS_ADMIN
 from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE, QueueProducer
 from shared.sync.state import StateStore
 from shared.sync.storage import StorageAccount
@@ -47,10 +48,18 @@ def _storage_section(settings: Settings) -> tuple[dict[str, Any], bool]:
     try:
         producer = QueueProducer(storage)
         depths = {SYNC_QUEUE: producer.depth(SYNC_QUEUE), SYNC_POISON_QUEUE: producer.depth(SYNC_POISON_QUEUE)}
-        dead_letters = StateStore(storage).count_dead_letters()
+        state = StateStore(storage)
+        dead_letters = state.count_dead_letters()
+        needs_admin = [
+            {"time": letter.time.isoformat(), "reason": letter.reason}
+            for letter in state.list_dead_letters(limit=50)
+            if letter.replayed_at is None and letter.reason.startswith(NEEDS_ADMIN)
+        ]
     except Exception as error:  # reported, not raised: this is the health check
         return {"storage": {"reachable": False, "error": f"{type(error).__name__}: {error}"}}, False
-    return {"storage": {"reachable": True}, "queues": depths, "dead_letters": dead_letters}, True
+    details = {"storage": {"reachable": True}, "queues": depths, "dead_letters": dead_letters}
+    # Messages an admin must act on (a revoked sign-in, a missing permission): degraded until replayed.
+    return {**details, "needs_admin": needs_admin[:5]}, not needs_admin
 
 
 def check_health(

@@ -74,23 +74,24 @@ def _scope(arguments: argparse.Namespace) -> Scope:
     return Scope(since=arguments.since, referral_ids=tuple(item.strip() for item in arguments.referral), crm_refs=refs)
 
 
+def _option_problem(arguments: argparse.Namespace, scope: Scope, report_path: Path) -> str | None:
+    if scope.since and scope.named:
+        return "--since cannot be combined with --referral / --opportunity / --lead: name ids, or a date, not both"
+    if any(not item for item in scope.referral_ids) or any(not ref.id for ref in scope.crm_refs):
+        return "an id given with --referral / --opportunity / --lead is empty"
+    if report_path.suffix.lower() not in (".csv", ".html", ".htm"):
+        return f"--report must name a .csv or .html file, not {report_path.name!r}"
+    if arguments.abandon_unfinished and not arguments.apply:
+        return "--abandon-unfinished goes with --apply"
+    return None
+
+
 def _backfill(arguments: argparse.Namespace, out: TextIO) -> int:
     scope = _scope(arguments)
-    if scope.since and scope.named:
-        print(
-            "--since cannot be combined with --referral / --opportunity / --lead: name ids, or a date, not both",
-            file=out,
-        )
-        return 2
-    if any(not item for item in scope.referral_ids) or any(not ref.id for ref in scope.crm_refs):
-        print("an id given with --referral / --opportunity / --lead is empty", file=out)
-        return 2
     report_path = arguments.report or default_report_path()
-    if report_path.suffix.lower() not in (".csv", ".html", ".htm"):
-        print(f"--report must name a .csv or .html file, not {report_path.name!r}", file=out)
-        return 2
-    if arguments.abandon_unfinished and not arguments.apply:
-        print("--abandon-unfinished goes with --apply", file=out)
+    problem = _option_problem(arguments, scope, report_path)
+    if problem:
+        print(problem, file=out)
         return 2
 
     from shared import bootstrap

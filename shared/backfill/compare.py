@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from shared.backfill.preview import FieldDifference, Preview, preview_sync
 from shared.crm.port import CrmNotFoundError, CrmPort, CrmRecord, CrmRef, CrmValidationError
-from shared.mapping.views import MICROSOFT_ORGANIZATION_ID
+from shared.mapping.fields import MICROSOFT_ORGANIZATION_ID
 from shared.model.referral import Referral
 from shared.partner_center.client import PartnerCenterClient, PartnerCenterNotFoundError
 from shared.settings import Settings
@@ -227,20 +227,20 @@ class _Compare:
             record = self.record(ref)
             if record is None:
                 preview = preview_sync(
-                    self.settings, self.crm.kind, referral=referral, record=None, link=link, record_missing=True
+                    self.settings, self.crm.capabilities, referral=referral, record=None, link=link, record_missing=True
                 )
                 self.add("orphan", preview, referral.id, ref, referral.name)
                 return
-            preview = preview_sync(self.settings, self.crm.kind, referral=referral, record=record, link=link)
+            preview = preview_sync(self.settings, self.crm.capabilities, referral=referral, record=record, link=link)
             self.add("fields differ", preview, referral.id, ref, record.name)
             return
         record = carried_by.get(referral.id)
         if record is not None:
             self.done_records.add(record.ref)
-            preview = preview_sync(self.settings, self.crm.kind, referral=referral, record=record, link=None)
+            preview = preview_sync(self.settings, self.crm.capabilities, referral=referral, record=record, link=None)
             self.add("not linked yet", preview, referral.id, record.ref, record.name)
             return
-        preview = preview_sync(self.settings, self.crm.kind, referral=referral, record=None, link=link)
+        preview = preview_sync(self.settings, self.crm.capabilities, referral=referral, record=None, link=link)
         self.add("referral without CRM record", preview, referral.id, None, referral.name)
 
     def consider_record(self, record: CrmRecord) -> None:
@@ -255,15 +255,15 @@ class _Compare:
             referral = self.referral(referral_id)
             if referral is None:
                 preview = preview_sync(
-                    self.settings, self.crm.kind, referral=None, record=record, link=link, referral_missing=True
+                    self.settings, self.crm.capabilities, referral=None, record=record, link=link, referral_missing=True
                 )
                 self.add("orphan", preview, referral_id, ref, record.name)
                 return
             category: Category = "fields differ" if link is not None and link.crm_id else "not linked yet"
-            preview = preview_sync(self.settings, self.crm.kind, referral=referral, record=record, link=link)
+            preview = preview_sync(self.settings, self.crm.capabilities, referral=referral, record=record, link=link)
             self.add(category, preview, referral_id, ref, record.name)
             return
-        preview = preview_sync(self.settings, self.crm.kind, referral=None, record=record, link=link)
+        preview = preview_sync(self.settings, self.crm.capabilities, referral=None, record=record, link=link)
         self.add("CRM record without referral", preview, None, ref, record.name)
 
     def consider_link(self, link: Link) -> None:
@@ -277,7 +277,7 @@ class _Compare:
         if (link.referral_id and referral is None) or (ref and record is None):
             preview = preview_sync(
                 self.settings,
-                self.crm.kind,
+                self.crm.capabilities,
                 referral=referral,
                 record=record,
                 link=link,
@@ -286,7 +286,7 @@ class _Compare:
             )
             self.add("orphan", preview, link.referral_id, ref, name)
         elif referral is not None and record is not None:
-            preview = preview_sync(self.settings, self.crm.kind, referral=referral, record=record, link=link)
+            preview = preview_sync(self.settings, self.crm.capabilities, referral=referral, record=record, link=link)
             self.add("fields differ", preview, link.referral_id, ref, name)
 
 

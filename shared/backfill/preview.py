@@ -11,29 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.crm.port import CrmRecord
+from shared.crm.port import CrmCapabilities, CrmRecord
 from shared.mapping import rules
-from shared.mapping.views import (
-    CRM_TO_PC_FIELDS,
-    FIELD_LABELS,
-    TWO_WAY_FIELDS,
-    View,
-    crm_view,
-    referral_view,
-    same_value,
-)
+from shared.mapping.fields import FIELDS, ReadContext, View, label, mirror_fields
+from shared.mapping.status import partner_center_status_change
+from shared.mapping.views import crm_view, referral_view, same_value
 from shared.model.referral import Referral
 from shared.settings import Settings
 from shared.sync.merge import merge_fields
 from shared.sync.queues import CrmChange, PartnerCenterChange
 from shared.sync.state import Link
 
+TWO_WAY_FIELDS = tuple(spec.name for spec in FIELDS if spec.direction == "both")
+CRM_TO_PC_FIELDS = tuple(spec.name for spec in FIELDS if spec.direction == "crm_to_pc")
 TO_CRM = "Partner Center -> CRM"
 TO_PC = "CRM -> Partner Center"
 NOTHING_STORED_DIFFERENTLY = "nothing: neither side changed it since the last sync (the two store it differently)"
 CLOSED_STATES = ("won", "lost", "declined", "expired")
 # Read-only CRM fields that simply follow Partner Center (the engine writes them with every sync).
-MIRRORED_FIELDS = {"status_mirror": "referral status", "engagement_id": "engagement id"}
+MIRRORED_FIELDS = {spec.name: spec.label or spec.name.replace("_", " ") for spec in mirror_fields()}
 # The engine only looks at a pair when one side changed; a mirror alone does not make it look.
 MIRRORED = f"{TO_CRM} with the next sync of this pair"
 
@@ -75,20 +71,25 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def _views(settings: Settings, crm_kind: str, referral: Referral, record: CrmRecord) -> tuple[View, View]:
-    pc = referral_view(referral)
-    crm = crm_view(
-        record,
-        pending_stage=settings.salesforce_pending_stage if crm_kind == "salesforce" else None,
+def _context(settings: Settings, capabilities: CrmCapabilities) -> ReadContext:
+    return ReadContext(
         accept_country_names=settings.accept_country_names,
-        lead_has_name=crm_kind != "salesforce",  # a Salesforce lead's Company is the customer
+        pending_stage=capabilities.pending_stage,
+        lead_has_name=capabilities.lead_has_name,
+        referral_link_template=settings.pc_referral_link_template,
     )
-    return pc, crm
+
+
+def _views(
+    settings: Settings, capabilities: CrmCapabilities, referral: Referral, record: CrmRecord
+) -> tuple[View, View]:
+    context = _context(settings, capabilities)
+    return referral_view(referral, context), crm_view(record, context)
 
 
 def preview_sync(
     settings: Settings,
-    crm_kind: str,
+    capabilities: CrmCapabilities,
     *,
     referral: Referral | None,
     record: CrmRecord | None,
@@ -105,11 +106,11 @@ def preview_sync(
     if referral is not None and record is None:
         return _new_in_crm(settings, referral)
     if record is not None and referral is None:
-        return _new_in_partner_center(settings, crm_kind, record, link)
+        return _new_in_partner_center(settings, capabilities, record, link)
     assert referral is not None and record is not None
     if link is None or link.crm_id is None:
-        return _adoption(settings, crm_kind, referral, record)
-    return _linked(settings, crm_kind, referral, record, link)
+        return _adoption(settings, capabilities, referral, record)
+    return _linked(settings, capabilities, referral, record, link)
 
 
 def _new_in_crm(settings: Settings, referral: Referral) -> Preview:
@@ -122,17 +123,15 @@ def _new_in_crm(settings: Settings, referral: Referral) -> Preview:
     return Preview(f"create a CRM {kind}", PartnerCenterChange(referral_id=referral.id, event="backfill"))
 
 
-def _new_in_partner_center(settings: Settings, crm_kind: str, record: CrmRecord, link: Link | None) -> Preview:
+def _new_in_partner_center(
+    settings: Settings, capabilities: CrmCapabilities, record: CrmRecord, link: Link | None
+) -> Preview:
     ref = record.ref
     if link is not None and link.last_error:
         return Preview(f"nothing: already marked Error ({link.last_error})", None)
     if ref.kind == "lead":
         return Preview("nothing: leads are not created in Partner Center (only opportunities are)", None)
-    view = crm_view(
-        record,
-        pending_stage=settings.salesforce_pending_stage if crm_kind == "salesforce" else None,
-        accept_country_names=settings.accept_country_names,
-    )
+    view = crm_view(record, _context(settings, capabilities))
     message = CrmChange(object=ref.kind, record_id=ref.id)
     problems = rules.partner_center_problems(view, accept_country_names=settings.accept_country_names)
     if problems:
@@ -170,17 +169,17 @@ def _differences(pc: View, crm: View, actions: dict[str, str]) -> list[FieldDiff
         elif name not in pc or name not in crm or same_value(name, pc[name], crm[name]):
             continue
         action = actions.get(name, NOTHING_STORED_DIFFERENTLY)
-        found.append(FieldDifference(name, FIELD_LABELS[name], shown(pc.get(name)), shown(crm.get(name)), action))
-    for name, label in MIRRORED_FIELDS.items():
+        found.append(FieldDifference(name, label(name), shown(pc.get(name)), shown(crm.get(name)), action))
+    for name, mirror_label in MIRRORED_FIELDS.items():
         if pc.get(name) and pc.get(name) != crm.get(name):
-            found.append(FieldDifference(name, label, shown(pc.get(name)), shown(crm.get(name)), MIRRORED))
+            found.append(FieldDifference(name, mirror_label, shown(pc.get(name)), shown(crm.get(name)), MIRRORED))
     return found
 
 
-def _adoption(settings: Settings, crm_kind: str, referral: Referral, record: CrmRecord) -> Preview:
+def _adoption(settings: Settings, capabilities: CrmCapabilities, referral: Referral, record: CrmRecord) -> Preview:
     """The record names the referral but we have no link (state lost, or made by Microsoft's
     connector): the engine links them as they are, so differing values stay until one side changes."""
-    pc, crm = _views(settings, crm_kind, referral, record)
+    pc, crm = _views(settings, capabilities, referral, record)
     kept = "nothing: adopted as it is (the next edit on either side syncs)"
     differences = [
         item
@@ -195,9 +194,11 @@ def _adoption(settings: Settings, crm_kind: str, referral: Referral, record: Crm
     )
 
 
-def _linked(settings: Settings, crm_kind: str, referral: Referral, record: CrmRecord, link: Link) -> Preview:
+def _linked(
+    settings: Settings, capabilities: CrmCapabilities, referral: Referral, record: CrmRecord, link: Link
+) -> Preview:
     assert referral.id is not None
-    pc, crm = _views(settings, crm_kind, referral, record)
+    pc, crm = _views(settings, capabilities, referral, record)
     base_pc: View = link.snapshot.get("pc") or {}
     base_crm: View = link.snapshot.get("crm") or {}
     merged = merge_fields(
@@ -222,7 +223,7 @@ def _linked(settings: Settings, crm_kind: str, referral: Referral, record: CrmRe
         kept = "Partner Center" if conflict.winner == "pc" else "CRM"
         actions[conflict.field] = f"conflict: both changed; keeps the {kept} value (changed later)"
     differences = _differences(pc, crm, actions)
-    status, _ = rules.partner_center_status_change(pc, crm, base_crm)
+    status, _ = partner_center_status_change(pc, crm, base_crm)
     if status is not None and not closed:
         differences.append(
             FieldDifference(

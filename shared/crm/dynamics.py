@@ -38,6 +38,7 @@ from shared.crm.port import (
     ChangedRecords,
     ConnectorFields,
     CrmAccount,
+    CrmCapabilities,
     CrmContact,
     CrmError,
     CrmNotFoundError,
@@ -102,6 +103,19 @@ CONNECTOR_COLUMNS = {
     "last_synced": "pcs_lastsynced",
     "audit": "pcs_audit",
 }
+LEAD_COLUMNS = {
+    "lead_company": "companyname",
+    "lead_first_name": "firstname",
+    "lead_last_name": "lastname",
+    "lead_email": "emailaddress1",
+    "lead_phone": "telephone1",
+    "lead_street": "address1_line1",
+    "lead_city": "address1_city",
+    "lead_state": "address1_stateorprovince",
+    "lead_postal_code": "address1_postalcode",
+    "lead_country": "address1_country",
+}
+"""A lead's own company and contact columns (neutral `RecordUpdate` names)."""
 _CHOICES: dict[str, dict[str, int]] = {
     "pcs_helpneeded": HELP_NEEDED_OPTIONS,
     "pcs_referralresponse": REFERRAL_RESPONSE_OPTIONS,
@@ -190,6 +204,8 @@ class DynamicsCrm:
         overlap: dt.timedelta = DEFAULT_OVERLAP,
     ) -> None:
         self.settings = settings
+        # No pending stage: an open opportunity waits for the referral response field.
+        self.capabilities = CrmCapabilities()
         self.http = http or DataverseHttp(settings)
         self.page_size = page_size
         self.overlap = overlap
@@ -531,54 +547,45 @@ class DynamicsCrm:
 
     def _body(self, kind: CrmObjectKind, values: RecordUpdate, current_name: str | None = None) -> JsonDict:
         """The PATCH body for the explicitly set fields (lifecycle is applied separately)."""
-        spec = KINDS[kind]
         body: JsonDict = {}
-        written = values.written()
-        for name, value in written.items():
+        for name, value in values.written().items():
             if name == "name":
-                mark = _mark_of(current_name)
-                body[spec.name_column] = with_sync_mark(str(value or ""), mark)
-            elif name == "account_id":
-                bind = f"/accounts({value})" if value else None
-                body["parentaccountid@odata.bind"] = bind
-                if kind == "opportunity":
-                    body["customerid_account@odata.bind"] = bind
-            elif name == "deal_value":
-                body[self._deal_value_field(kind)] = float(value) if value is not None else None
-            elif name == "currency":
-                field = self.settings.deal_currency_field
-                if field == "transactioncurrencyid":
-                    body["transactioncurrencyid@odata.bind"] = (
-                        f"/transactioncurrencies({self._currency_id(str(value))})" if value else None
-                    )
-                else:
-                    body[field] = value
-            elif name == "close_date":
-                body["estimatedclosedate"] = value.isoformat() if isinstance(value, dt.date) else None
-            elif name == "notes":
-                body["description"] = value
-            elif name == "owner_id":
-                body["ownerid@odata.bind"] = f"/systemusers({value})" if value else None
-            elif name.startswith("lead_"):
-                if kind != "lead":
-                    continue  # lead-only values; an opportunity carries them on related records
-                column = {
-                    "lead_company": "companyname",
-                    "lead_first_name": "firstname",
-                    "lead_last_name": "lastname",
-                    "lead_email": "emailaddress1",
-                    "lead_phone": "telephone1",
-                    "lead_street": "address1_line1",
-                    "lead_city": "address1_city",
-                    "lead_state": "address1_stateorprovince",
-                    "lead_postal_code": "address1_postalcode",
-                    "lead_country": "address1_country",
-                }[name]
-                body[column] = value
+                body[KINDS[kind].name_column] = with_sync_mark(str(value or ""), _mark_of(current_name))
             elif name in CONNECTOR_COLUMNS:
                 column = CONNECTOR_COLUMNS[name]
                 body[column] = _choice_value(column, value) if column in _CHOICES else value
+            elif name in LEAD_COLUMNS:
+                if kind == "lead":  # an opportunity carries them on related records
+                    body[LEAD_COLUMNS[name]] = value
+            else:
+                body.update(self._deal_columns(kind, name, value))
         return body
+
+    def _deal_columns(self, kind: CrmObjectKind, name: str, value: Any) -> JsonDict:
+        """Columns of the deal's own values (lookups bound by @odata.bind)."""
+        if name == "account_id":
+            bind = f"/accounts({value})" if value else None
+            return {"parentaccountid@odata.bind": bind} | (
+                {"customerid_account@odata.bind": bind} if kind == "opportunity" else {}
+            )
+        if name == "deal_value":
+            return {self._deal_value_field(kind): float(value) if value is not None else None}
+        if name == "currency":
+            return self._currency_columns(value)
+        if name == "close_date":
+            return {"estimatedclosedate": value.isoformat() if isinstance(value, dt.date) else None}
+        if name == "notes":
+            return {"description": value}
+        if name == "owner_id":
+            return {"ownerid@odata.bind": f"/systemusers({value})" if value else None}
+        return {}
+
+    def _currency_columns(self, value: Any) -> JsonDict:
+        field = self.settings.deal_currency_field
+        if field != "transactioncurrencyid":
+            return {field: value}
+        currency = f"/transactioncurrencies({self._currency_id(str(value))})" if value else None
+        return {"transactioncurrencyid@odata.bind": currency}
 
     def upsert_by_referral_id(self, kind: CrmObjectKind, referral_id: str, values: RecordUpdate) -> UpsertResult:
         if not referral_id:

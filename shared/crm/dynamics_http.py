@@ -2,8 +2,8 @@
 
 Every call names an *operation* (e.g. "read", "upsert"), and `call_counts` counts the HTTP requests
 made per operation, retries included, for the benchmarks. Service protection (crm-apis.md B4): a
-429 or 503 is retried after `Retry-After` seconds, a few times, then raised as `CrmTransientError`
-carrying the server's wait. An expired or revoked token (401) is dropped and fetched once more.
+429 or 503 is retried after `Retry-After` seconds within the short retry budget of shared/retry.py,
+then raised as `CrmTransientError` carrying the server's wait (the queue retries later). An expired or revoked token (401) is dropped and fetched once more.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import httpx
 
 from shared.crm.port import CrmAuthError, CrmError, CrmNotFoundError, CrmTransientError, CrmValidationError
 from shared.http import tls_context
+from shared.retry import DEFAULT_BACKOFF, DEFAULT_BUDGET_SECONDS, RetryBudget, RetryLater
 from shared.settings import Settings
 
 API_PATH = "/api/data/v9.2/"
@@ -116,7 +117,8 @@ class DataverseHttp:
         settings: Settings,
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        max_retries: int = 3,
+        max_retries: int = len(DEFAULT_BACKOFF),
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not settings.dataverse_url:
@@ -125,7 +127,9 @@ class DataverseHttp:
         self.org_url = settings.dataverse_url.rstrip("/")
         self.api_root = self.org_url + API_PATH
         self.scope = f"{self.org_url}/.default"
-        self.max_retries = max_retries
+        self.backoff = tuple(DEFAULT_BACKOFF[min(index, len(DEFAULT_BACKOFF) - 1)] for index in range(max_retries))
+        """Waits between retries when Dataverse names none (it usually sends Retry-After)."""
+        self.budget_seconds = budget_seconds
         self._sleep = sleep
         self.call_counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -165,33 +169,46 @@ class DataverseHttp:
         headers: Mapping[str, str] | None = None,
         expected: tuple[int, ...] = (200, 201, 204),
     ) -> httpx.Response:
-        """Send one Web API request (URL relative to the API root, or absolute for nextLinks)."""
+        """Send one Web API request (URL relative to the API root, or absolute for nextLinks), within
+        the retry budget (shared/retry.py): throttling (429, 503) is retried after Retry-After while
+        the budget lasts, then raised as `CrmTransientError` carrying the server's wait."""
         target = url if url.startswith("https://") or url.startswith("http://") else self.api_root + url
-        renewed = False
-        attempt = 0
-        while True:
-            request_headers = {"Authorization": f"Bearer {self._token()}", **(headers or {})}
-            with self._counts_lock:
-                self.call_counts[operation] += 1
-            try:
-                response = self._http.request(
-                    method, target, params=params, json=json_body, content=content, headers=request_headers
-                )
-            except httpx.TimeoutException as error:
-                raise CrmTransientError(f"Dataverse {operation}: {method} timed out ({error})") from error
-            except httpx.TransportError as error:
-                raise CrmTransientError(f"Dataverse {operation}: {method} failed to connect ({error})") from error
+
+        def attempt() -> httpx.Response:
+            response = self._send(operation, method, target, params, json_body, content, headers)
+            if response.status_code == 401:  # an expired or revoked token: fetch a new one, once
+                self._drop_token()
+                response = self._send(operation, method, target, params, json_body, content, headers)
             if response.status_code in expected:
                 return response
-            if response.status_code == 401 and not renewed:
-                renewed = True
-                self._drop_token()
-                continue
-            if response.status_code in (429, 503) and attempt < self.max_retries:
-                attempt += 1
-                self._sleep(_retry_after(response, attempt))
-                continue
-            raise error_from_response(operation, response)
+            failure = error_from_response(operation, response)
+            if response.status_code in (429, 503):
+                raise RetryLater(failure, _retry_after(response))
+            raise failure
+
+        return RetryBudget(backoff=self.backoff, seconds=self.budget_seconds).call(attempt, sleep=self._sleep)
+
+    def _send(
+        self,
+        operation: str,
+        method: str,
+        target: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        request_headers = {"Authorization": f"Bearer {self._token()}", **(headers or {})}
+        with self._counts_lock:
+            self.call_counts[operation] += 1
+        try:
+            return self._http.request(
+                method, target, params=params, json=json_body, content=content, headers=request_headers
+            )
+        except httpx.TimeoutException as error:
+            raise CrmTransientError(f"Dataverse {operation}: {method} timed out ({error})") from error
+        except httpx.TransportError as error:
+            raise CrmTransientError(f"Dataverse {operation}: {method} failed to connect ({error})") from error
 
     def get_json(self, operation: str, url: str, *, params: Mapping[str, str] | None = None, **kwargs: Any) -> JsonDict:
         payload = self.request(operation, "GET", url, params=params, expected=(200,), **kwargs).json()
@@ -229,30 +246,7 @@ class DataverseHttp:
         if not parts:
             return []
         batch_boundary = f"batch_{uuid.uuid4()}"
-        change_boundary = f"changeset_{uuid.uuid4()}"
-        lines: list[str] = []
-
-        def request_part(part: BatchPart, content_id: int) -> list[str]:
-            block = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
-            if atomic:
-                block.append(f"Content-ID: {content_id}")
-            block += ["", f"{part.method} {self.api_root}{part.url} HTTP/1.1"]
-            block += [f"{name}: {value}" for name, value in (part.headers or {}).items()]
-            if part.body is not None:
-                block += ["Content-Type: application/json; type=entry", "", json.dumps(part.body)]
-            else:
-                block += [""]
-            return block
-
-        if atomic:
-            lines += [f"--{batch_boundary}", f"Content-Type: multipart/mixed; boundary={change_boundary}", ""]
-            for index, part in enumerate(parts, start=1):
-                lines += [f"--{change_boundary}", *request_part(part, index)]
-            lines += [f"--{change_boundary}--"]
-        else:
-            for index, part in enumerate(parts, start=1):
-                lines += [f"--{batch_boundary}", *request_part(part, index)]
-        lines += [f"--{batch_boundary}--", ""]
+        lines = self._batch_lines(parts, batch_boundary, atomic=atomic)
         headers = {"Content-Type": f"multipart/mixed; boundary={batch_boundary}"}
         if not atomic:
             headers["Prefer"] = "odata.continue-on-error"
@@ -272,14 +266,42 @@ class DataverseHttp:
             raise CrmTransientError(f"Dataverse {operation}: the batch answered {len(results)} parts for {len(parts)}")
         return results
 
+    def _batch_lines(self, parts: list[BatchPart], batch_boundary: str, *, atomic: bool) -> list[str]:
+        """The multipart body: one change set holding every part when `atomic`, else the parts side by side."""
+        change_boundary = f"changeset_{uuid.uuid4()}"
 
-def _retry_after(response: httpx.Response, attempt: int) -> float:
+        def request_part(part: BatchPart, content_id: int) -> list[str]:
+            block = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
+            if atomic:
+                block.append(f"Content-ID: {content_id}")
+            block += ["", f"{part.method} {self.api_root}{part.url} HTTP/1.1"]
+            block += [f"{name}: {value}" for name, value in (part.headers or {}).items()]
+            if part.body is not None:
+                block += ["Content-Type: application/json; type=entry", "", json.dumps(part.body)]
+            else:
+                block += [""]
+            return block
+
+        lines: list[str] = []
+        if atomic:
+            lines += [f"--{batch_boundary}", f"Content-Type: multipart/mixed; boundary={change_boundary}", ""]
+            for index, part in enumerate(parts, start=1):
+                lines += [f"--{change_boundary}", *request_part(part, index)]
+            lines += [f"--{change_boundary}--"]
+        else:
+            for index, part in enumerate(parts, start=1):
+                lines += [f"--{batch_boundary}", *request_part(part, index)]
+        return [*lines, f"--{batch_boundary}--", ""]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The server's wait in seconds; None when it names none (or an HTTP date): our back-off then."""
     header = response.headers.get("Retry-After")
     try:
-        seconds = float(header) if header is not None else 2.0**attempt
+        seconds = float(header) if header is not None else None
     except ValueError:
-        seconds = 2.0**attempt
-    return max(0.0, min(seconds, MAX_RETRY_AFTER_SECONDS))
+        return None
+    return None if seconds is None else max(0.0, min(seconds, MAX_RETRY_AFTER_SECONDS))
 
 
 def _error_body(response: httpx.Response) -> JsonDict:

@@ -19,7 +19,7 @@ Conventions every adapter follows:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -216,6 +216,22 @@ class RecordUpdate(_Record):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
+class CrmCapabilities(_Record):
+    """What a CRM can do, as the engine needs to know it; each adapter states its own."""
+
+    pending_stage: str | None = Field(
+        default=None,
+        description="The opportunity stage an unaccepted referral waits in; None where the CRM has none "
+        "(acceptance is then only the referral response field).",
+    )
+    lead_has_name: bool = Field(
+        default=True, description="False where a lead has no deal name (its company is the customer)."
+    )
+    converts_leads: bool = Field(
+        default=True, description="A qualified lead becomes an opportunity, which the referral then follows."
+    )
+
+
 class UpsertResult(_Record):
     ref: CrmRef
     created: bool
@@ -246,6 +262,11 @@ class CrmNotFoundError(CrmError):
     """The record does not exist (or was deleted)."""
 
 
+class CrmSetupError(CrmError):
+    """The CRM is not set up for the connector (a field or object not deployed, a permission the
+    integration user lacks): no retry and no seller can fix it, an admin must act."""
+
+
 class CrmAuthError(CrmError):
     """Sign-in to the CRM failed (bad credentials, connected app not approved): an admin must act."""
 
@@ -255,7 +276,10 @@ class CrmPort(Protocol):
     """What the sync engine needs from a CRM. Every method may raise the `CrmError`s above."""
 
     kind: str
-    """"salesforce" or "dynamics"."""
+    """The adapter's name (CRM_KIND), for logs and the poll watermark's name; the engine never branches on it."""
+
+    capabilities: CrmCapabilities
+    """Single currency is per record: `CrmRecord.currency` is None where the org has one currency."""
 
     def changed_since(self, watermark: str | None) -> ChangedRecords:
         """Opportunities and leads with Sync = Yes changed since `watermark`, oldest first.
@@ -320,15 +344,6 @@ class CrmPort(Protocol):
         """Write exactly the explicitly set fields of `values` (nothing when none is set)."""
         ...
 
-    def append_audit(self, ref: CrmRef, line: str, *, at: dt.datetime | None = None) -> None:
-        """Prepend one line "<UTC time> <line>" to the audit field, newest first.
-
-        The field is bounded (Salesforce long text area length, Dataverse memo max length):
-        the oldest lines are dropped to fit, never the new one (truncated itself if it alone is
-        too long).
-        """
-        ...
-
     def set_sync_result(
         self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, audit_line: str | None = None
     ) -> None:
@@ -337,16 +352,4 @@ class CrmPort(Protocol):
         replacing any earlier mark. `audit_line`, when given (what changed, or the error in plain
         words), is prepended to the audit in the same write.
         """
-        ...
-
-    def close(self, ref: CrmRef, *, won: bool) -> None:
-        """Close the opportunity won or lost (Salesforce: the configured won/lost stage; Dataverse:
-        WinOpportunity / LoseOpportunity). Leads: `won=False` disqualifies; `won=True` raises
-        `CrmValidationError`, since converting a lead is a seller's decision made in the CRM.
-        Closing an already closed record the same way does nothing.
-        """
-        ...
-
-    def api_call_counts(self) -> Mapping[str, int]:
-        """API calls made so far by this adapter instance, per operation name (for benchmarks)."""
         ...

@@ -41,11 +41,14 @@ from shared.crm.port import (
     ConnectorFields,
     CrmAccount,
     CrmAuthError,
+    CrmCapabilities,
     CrmContact,
+    CrmError,
     CrmNotFoundError,
     CrmObjectKind,
     CrmRecord,
     CrmRef,
+    CrmSetupError,
     CrmSolution,
     CrmTransientError,
     CrmValidationError,
@@ -57,6 +60,7 @@ from shared.crm.port import (
     with_sync_mark,
 )
 from shared.crm.watermark import OverlapWatermark
+from shared.retry import DEFAULT_BACKOFF, RetryBudget, RetryLater
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,10 +94,63 @@ CONNECTOR_FIELDS = {
     "last_synced": "PCS_Last_Synced__c",
     "audit": AUDIT_FIELD,
 }
+DEAL_VALUE = "<CRM_DEAL_VALUE_FIELD>"
+"""Placeholder for the configured deal value field."""
+_COMMON_COLUMNS = {"notes": "Description", "owner_id": "OwnerId"}
+COLUMNS: dict[CrmObjectKind, dict[str, str]] = {
+    "opportunity": _COMMON_COLUMNS
+    | {"name": "Name", "account_id": "AccountId", "deal_value": DEAL_VALUE, "close_date": "CloseDate"},
+    # A lead has no deal value, close date or account: it carries its company and contact itself.
+    "lead": _COMMON_COLUMNS
+    | {
+        "name": "Company",
+        "lead_company": "Company",
+        "lead_first_name": "FirstName",
+        "lead_last_name": "LastName",
+        "lead_email": "Email",
+        "lead_phone": "Phone",
+        "lead_street": "Street",
+        "lead_city": "City",
+        "lead_state": "State",
+        "lead_postal_code": "PostalCode",
+        "lead_country": "Country",
+    },
+}
+"""Neutral `RecordUpdate` names -> Salesforce fields (connector fields: CONNECTOR_FIELDS)."""
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 # Codes that prove Salesforce did not perform the write, so even a create may be repeated.
 _NOT_PERFORMED = {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 _RETRYABLE = _NOT_PERFORMED | {"UNKNOWN_EXCEPTION"}
+# The org lacks the connector's schema, or the integration user a permission (field-level security).
+_SETUP_CODES = {
+    "INSUFFICIENT_ACCESS_OR_READONLY",
+    "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY",
+    "INVALID_FIELD",
+    "INVALID_TYPE",
+    "INVALID_FIELD_FOR_INSERT_UPDATE",
+}
+
+
+def _crm_error(operation: str, error: Any, *, transient: bool) -> CrmError:
+    """The port's error for a Salesforce API error that is not retried (any more)."""
+    code, message, fields = _error_details(error)
+    if transient:
+        return CrmTransientError(f"Salesforce {operation}: {code or error.status}: {message}")
+    if error.status == 404:
+        return CrmNotFoundError(f"Salesforce {operation}: {code}: {message}")
+    if code in _SETUP_CODES:
+        return CrmSetupError(f"Salesforce {operation}: {code}: {message}")
+    return CrmValidationError(f"Salesforce {operation}: {code}: {message}", code=code, fields=fields)
+
+
+def _salesforce_value(name: str, value: Any) -> Any:
+    if name == "name":
+        return strip_sync_mark(value) if value else value
+    if name == "deal_value":
+        return float(value) if value is not None else None
+    if name == "close_date":
+        return value.isoformat() if value else None
+    return value
 
 
 class _SalesforceHttpAdapter(HTTPAdapter):
@@ -153,11 +210,13 @@ class SalesforceAdapter:
         settings: Settings,
         *,
         timeout_seconds: float = 30.0,
-        retry_delays: Sequence[float] = (1.0, 4.0, 15.0),
+        retry_delays: Sequence[float] = DEFAULT_BACKOFF,
         overlap: dt.timedelta = dt.timedelta(minutes=5),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
+        # Unaccepted referrals wait in a stage of their own; a lead's Company is the customer (no deal name).
+        self.capabilities = CrmCapabilities(pending_stage=settings.salesforce_pending_stage, lead_has_name=False)
         self.retry_delays = tuple(retry_delays)
         self.overlap = overlap
         self._sleep = sleep
@@ -268,47 +327,49 @@ class SalesforceAdapter:
             return self._client
 
     def _call(self, operation: str, action: Callable[[Salesforce], T], *, idempotent: bool = True) -> T:
-        """Run one Salesforce call with the retry policy; translate failures to `CrmError`s."""
-        from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceMoreThanOneRecord
+        """Run one Salesforce call within the retry budget (shared/retry.py); translate failures to `CrmError`s."""
+        from simple_salesforce.exceptions import SalesforceError, SalesforceMoreThanOneRecord
 
-        attempt = 0
-        signed_in_again = False
-        while True:
-            client = self._sf()
-            self._operation = operation
+        def attempt() -> T:
             try:
-                return action(client)
-            except SalesforceExpiredSession as error:
-                if signed_in_again:
-                    raise CrmAuthError("Salesforce refused a fresh session (INVALID_SESSION_ID)") from error
-                with self._lock:
-                    self._client = None  # the session expired or was revoked: sign in again, once
-                signed_in_again = True
+                return self._signed_in(operation, action)
             except SalesforceMoreThanOneRecord as error:
                 raise CrmValidationError(
                     f"{operation}: more than one record matches", code="MULTIPLE_CHOICES"
                 ) from error
             except SalesforceError as error:
-                code, message, fields = _error_details(error)
+                code = _error_details(error)[0]
                 transient = code in _RETRYABLE or error.status >= 500
-                may_repeat = idempotent or code in _NOT_PERFORMED
-                if transient and may_repeat and attempt < len(self.retry_delays):
-                    self._sleep(self.retry_delays[attempt])
-                    attempt += 1
-                    continue
-                if transient:
-                    raise CrmTransientError(f"Salesforce {operation}: {code or error.status}: {message}") from error
-                if error.status == 404:
-                    raise CrmNotFoundError(f"Salesforce {operation}: {code}: {message}") from error
-                raise CrmValidationError(
-                    f"Salesforce {operation}: {code}: {message}", code=code, fields=fields
-                ) from error
+                failure = _crm_error(operation, error, transient=transient)
+                if transient and (idempotent or code in _NOT_PERFORMED):
+                    raise RetryLater(failure) from error
+                raise failure from error
             except requests.RequestException as error:
-                if idempotent and attempt < len(self.retry_delays):
-                    self._sleep(self.retry_delays[attempt])
-                    attempt += 1
-                    continue
-                raise CrmTransientError(f"Salesforce {operation}: {type(error).__name__}: {error}") from error
+                failure = CrmTransientError(f"Salesforce {operation}: {type(error).__name__}: {error}")
+                if idempotent:
+                    raise RetryLater(failure) from error
+                raise failure from error
+
+        return RetryBudget(backoff=self.retry_delays).call(attempt, sleep=self._sleep)
+
+    def _signed_in(self, operation: str, action: Callable[[Salesforce], T]) -> T:
+        """`action` on the session; an expired or revoked session is renewed once (not a retry)."""
+        from simple_salesforce.exceptions import SalesforceExpiredSession
+
+        try:
+            return self._on_session(operation, action)
+        except SalesforceExpiredSession:
+            with self._lock:
+                self._client = None  # the session expired or was revoked: sign in again, once
+        try:
+            return self._on_session(operation, action)
+        except SalesforceExpiredSession as error:
+            raise CrmAuthError("Salesforce refused a fresh session (INVALID_SESSION_ID)") from error
+
+    def _on_session(self, operation: str, action: Callable[[Salesforce], T]) -> T:
+        client = self._sf()
+        self._operation = operation
+        return action(client)
 
     def _query(self, operation: str, soql: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         return self._call(operation, lambda sf: list(sf.query_all_iter(soql, include_deleted=include_deleted)))
@@ -360,36 +421,25 @@ class SalesforceAdapter:
     # ---- field mapping -------------------------------------------------------------------------------
     def _writable(self, kind: CrmObjectKind, values: RecordUpdate) -> dict[str, Any]:
         """Salesforce field values for the explicitly set neutral values."""
-        object_name = OBJECT_NAMES[kind]
         written = values.written()
         out: dict[str, Any] = {}
         for name, value in written.items():
-            if name in CONNECTOR_FIELDS:
-                out[CONNECTOR_FIELDS[name]] = value
-            elif name == "name":
-                out["Name" if kind == "opportunity" else "Company"] = strip_sync_mark(value) if value else value
-            elif name == "notes":
-                out["Description"] = value
-            elif name == "owner_id":
-                out["OwnerId"] = value
-            elif name == "lifecycle" and value is not None:
-                out.update(self._lifecycle_fields(kind, value))
-            elif kind == "opportunity" and name == "account_id":
-                out["AccountId"] = value
-            elif kind == "opportunity" and name == "deal_value":
-                out[self.deal_value_field] = float(value) if value is not None else None
-            elif kind == "opportunity" and name == "close_date":
-                out["CloseDate"] = value.isoformat() if value else None
-            elif name == "currency":
-                if self._has_field(object_name, self.currency_field):  # only in multi-currency orgs
-                    out[self.currency_field] = value
-            elif kind == "lead" and name.startswith("lead_"):
-                target = {"lead_company": "Company", "lead_first_name": "FirstName", "lead_last_name": "LastName"}
-                target |= {"lead_email": "Email", "lead_phone": "Phone", "lead_street": "Street", "lead_city": "City"}
-                target |= {"lead_state": "State", "lead_postal_code": "PostalCode", "lead_country": "Country"}
-                if name != "lead_company" or "name" not in written:  # `name` is the lead's Company
-                    out[target[name]] = value
+            if name == "lifecycle":
+                out.update(self._lifecycle_fields(kind, value) if value is not None else {})
+            elif name == "lead_company" and "name" in written:
+                continue  # `name` is the lead's Company
+            elif (column := self._column(kind, name)) is not None:
+                out[column] = _salesforce_value(name, value)
         return out
+
+    def _column(self, kind: CrmObjectKind, name: str) -> str | None:
+        """The Salesforce field a neutral value is written to; None where the object has none."""
+        if name in CONNECTOR_FIELDS:
+            return CONNECTOR_FIELDS[name]
+        if name == "currency":  # only in multi-currency orgs
+            return self.currency_field if self._has_field(OBJECT_NAMES[kind], self.currency_field) else None
+        column = COLUMNS[kind].get(name)
+        return self.deal_value_field if column == DEAL_VALUE else column
 
     def _lifecycle_fields(self, kind: CrmObjectKind, lifecycle: str) -> dict[str, Any]:
         settings = self.settings

@@ -160,77 +160,15 @@ class SalesforceProvisioner:
                 )
 
             changes.append(Change("create", "PermissionSet", PERMISSION_SET_NAME, "missing", create_set))
-        field_rows = {}
-        object_rows = {}
-        assigned = False
         user_id = self._integration_user_id()
-        if rows:
-            parent_id = rows[0]["Id"]
-            field_rows = {
-                row["Field"]: row
-                for row in self._query(
-                    f"SELECT Id, Field, PermissionsRead, PermissionsEdit FROM FieldPermissions WHERE ParentId = '{parent_id}'"
-                )
-            }
-            flags = "PermissionsRead, PermissionsCreate, PermissionsEdit, PermissionsDelete, PermissionsViewAllRecords, PermissionsModifyAllRecords"
-            object_rows = {
-                row["SobjectType"]: row
-                for row in self._query(
-                    f"SELECT Id, SobjectType, {flags} FROM ObjectPermissions WHERE ParentId = '{parent_id}'"
-                )
-            }
-            assigned = bool(
-                self._query(
-                    f"SELECT Id FROM PermissionSetAssignment WHERE PermissionSetId = '{parent_id}' AND AssigneeId = '{user_id}'"
-                )
-            )
-        for field_name, readable, editable in spec.field_permissions:
-            wanted = {"PermissionsRead": readable, "PermissionsEdit": editable}
-            row = field_rows.get(field_name)
-            if row is None:
-                values = {"SobjectType": field_name.split(".")[0], "Field": field_name, **wanted}
-                changes.append(
-                    Change(
-                        "create",
-                        "FieldPermissions",
-                        field_name,
-                        "missing",
-                        self._child_writer("FieldPermissions", parent, values),
-                    )
-                )
-            elif any(bool(row.get(key)) != value for key, value in wanted.items()):
-                changes.append(
-                    Change(
-                        "update",
-                        "FieldPermissions",
-                        field_name,
-                        f"should be {wanted}",
-                        self._updater("FieldPermissions", row["Id"], wanted),
-                    )
-                )
-        for object_name, wanted in spec.object_permissions:
-            row = object_rows.get(object_name)
-            if row is None:
-                values = {"SobjectType": object_name, **wanted}
-                changes.append(
-                    Change(
-                        "create",
-                        "ObjectPermissions",
-                        object_name,
-                        "missing",
-                        self._child_writer("ObjectPermissions", parent, values),
-                    )
-                )
-            elif any(bool(row.get(key)) != value for key, value in wanted.items()):
-                changes.append(
-                    Change(
-                        "update",
-                        "ObjectPermissions",
-                        object_name,
-                        f"should be {wanted}",
-                        self._updater("ObjectPermissions", row["Id"], wanted),
-                    )
-                )
+        field_rows, object_rows, assigned = (
+            self._existing_permissions(rows[0]["Id"], user_id) if rows else ({}, {}, False)
+        )
+        fields = [
+            (name, {"PermissionsRead": read, "PermissionsEdit": edit}) for name, read, edit in spec.field_permissions
+        ]
+        changes += self._permission_row_changes("FieldPermissions", fields, field_rows, parent)
+        changes += self._permission_row_changes("ObjectPermissions", spec.object_permissions, object_rows, parent)
         if not assigned:
             values = {"AssigneeId": user_id}
             changes.append(
@@ -242,6 +180,52 @@ class SalesforceProvisioner:
                     self._child_writer("PermissionSetAssignment", parent, values, "PermissionSetId"),
                 )
             )
+        return changes
+
+    def _existing_permissions(self, parent_id: str, user_id: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        """The permission set's field and object permission rows, and whether the user holds it."""
+        field_rows = {
+            row["Field"]: row
+            for row in self._query(
+                f"SELECT Id, Field, PermissionsRead, PermissionsEdit FROM FieldPermissions WHERE ParentId = '{parent_id}'"
+            )
+        }
+        flags = "PermissionsRead, PermissionsCreate, PermissionsEdit, PermissionsDelete, PermissionsViewAllRecords, PermissionsModifyAllRecords"
+        object_rows = {
+            row["SobjectType"]: row
+            for row in self._query(
+                f"SELECT Id, SobjectType, {flags} FROM ObjectPermissions WHERE ParentId = '{parent_id}'"
+            )
+        }
+        assigned = bool(
+            self._query(
+                f"SELECT Id FROM PermissionSetAssignment WHERE PermissionSetId = '{parent_id}' AND AssigneeId = '{user_id}'"
+            )
+        )
+        return field_rows, object_rows, assigned
+
+    def _permission_row_changes(
+        self, object_name: str, wanted_rows: Any, existing: dict[str, Any], parent: Any
+    ) -> list[Change]:
+        """Create the missing rows (FieldPermissions: keyed by field; ObjectPermissions: by object),
+        update those whose flags differ."""
+        changes: list[Change] = []
+        for key, wanted in wanted_rows:
+            row = existing.get(key)
+            if row is None:
+                target = (
+                    {"Field": key, "SobjectType": key.split(".")[0]}
+                    if object_name == "FieldPermissions"
+                    else {"SobjectType": key}
+                )
+                writer = self._child_writer(object_name, parent, {**target, **wanted})
+                changes.append(Change("create", object_name, key, "missing", writer))
+            elif any(bool(row.get(flag)) != value for flag, value in wanted.items()):
+                changes.append(
+                    Change(
+                        "update", object_name, key, f"should be {wanted}", self._updater(object_name, row["Id"], wanted)
+                    )
+                )
         return changes
 
     def _child_writer(

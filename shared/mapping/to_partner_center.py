@@ -1,95 +1,80 @@
 """Neutral values -> Partner Center wire: the body of a new referral, and JSON Patch operations.
 
-Partner Center accepts only `add` and `replace` (reference 0, 1.1). JSON Patch `replace` needs
-the member to exist, so each operation is built against the referral as last read: `replace` when
-the member is there, `add` when only its parent is, and an `add` of the whole parent otherwise.
+Partner Center accepts only `add` and `replace`, and only on the paths the contract lists
+(shared/partner_center/contract.json): one refused path fails the whole PATCH, status included.
+So a change to a field Partner Center keeps to itself after creation (the referral name, the
+customer, the help asked of Microsoft) is not sent; `patch_operations` returns those fields, for
+the caller to say in the audit that Partner Center keeps its own value. JSON Patch `replace`
+needs the member to exist: `replace` when it is there, `add` when it is not (never a whole parent,
+which would be an unlisted path). Where each field goes on the wire is the field registry's word
+(shared/mapping/fields.py).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
-from shared.mapping.countries import country_code
-from shared.mapping.rules import StatusChange, asks_microsoft_for_help
-from shared.mapping.views import View
+from shared.mapping.countries import CountryError
+from shared.mapping.fields import (
+    BY_NAME,
+    FIELDS,
+    View,
+    asks_microsoft_for_help,
+)
+from shared.mapping.status import StatusChange
 from shared.model.referral import PatchOperation, Referral
+from shared.partner_center.contract import contract
 
-PATHS = {
-    "name": ("name",),
-    "deal_value": ("details", "dealValue"),
-    "currency": ("details", "currency"),
-    "close_date": ("details", "closingDateTime"),
-    "notes": ("details", "notes"),
-    "contacts": ("customerProfile", "team"),
-    "solutions": ("details", "requirements", "solutions"),
-    "help_needed": ("inviteContext", "assistanceRequestCode"),
-    "visible": ("consent", "consentToShareReferralWithMicrosoftSellers"),
-    "team": ("team",),
-}
+Path = tuple[str, ...]
+
+_ADDRESS = ("customerProfile", "address")
+_ADDRESS_PARTS = ("addressLine1", "city", "state", "region", "postalCode", "country")
+_CUSTOMER_PATHS: tuple[Path, ...] = (("customerProfile", "name"), *((*_ADDRESS, part) for part in _ADDRESS_PARTS))
 
 
-def _member(contact: dict[str, Any]) -> dict[str, Any]:
-    member = {
-        "firstName": contact.get("first_name"),
-        "lastName": contact.get("last_name"),
-        "email": contact.get("email"),
-        "phoneNumber": contact.get("phone"),
-        "title": contact.get("title"),
-    }
-    return {key: value for key, value in member.items() if value is not None}
+def field_patches(field: str, value: Any, *, accept_country_names: bool) -> list[tuple[Path, Any]]:
+    """(JSON Patch path, wire value) pairs carrying one neutral field's new value (the registry says where)."""
+    spec = BY_NAME[field]
+    if spec.patch_values is not None:
+        return spec.patch_values(value, accept_country_names)
+    if spec.pc_path is None:
+        raise ValueError(f"the field {field!r} is never written to Partner Center")
+    return [(spec.pc_path, spec.to_wire(value))]
 
 
-def _solution(solution: dict[str, Any]) -> dict[str, Any]:
-    item = {
-        "id": solution["id"],
-        "name": solution.get("name"),
-        "publisherName": solution.get("publisher"),
-        "solutionType": solution.get("type"),
-    }
-    return {key: value for key, value in item.items() if value is not None}
+def _pointer(path: Path) -> str:
+    return "/" + "/".join(path)
 
 
-def _address(customer: dict[str, Any], *, accept_country_names: bool) -> dict[str, Any]:
-    country = customer.get("country")
-    address = {
-        "addressLine1": customer.get("street"),
-        "city": customer.get("city"),
-        "state": customer.get("state"),
-        "postalCode": customer.get("postal_code"),
-        "country": country_code(country, accept_names=accept_country_names) if country else None,
-    }
-    return {key: value for key, value in address.items() if value is not None}
-
-
-def wire_value(field: str, value: Any, *, accept_country_names: bool) -> Any:
-    """The Partner Center JSON for one neutral field value."""
-    if field == "deal_value":
-        return float(Decimal(value)) if value is not None else None
-    if field == "close_date":
-        return f"{value}T00:00:00Z" if value else None
-    if field in ("contacts", "team"):
-        return [_member(contact) for contact in value or []]
-    if field == "solutions":
-        return [_solution(solution) for solution in value or []]
-    if field == "visible":
-        return bool(value)
-    return value
-
-
-def _op(document: dict[str, Any], path: tuple[str, ...], value: Any) -> PatchOperation:
-    """`replace` if the member exists, `add` if its parent does, else `add` the missing parent."""
+def _op(document: dict[str, Any], path: Path, value: Any) -> PatchOperation:
+    """`replace` if the member exists, else `add` (the contract's paths all have their parent)."""
     container: Any = document
-    for depth, key in enumerate(path[:-1]):
-        child = container.get(key) if isinstance(container, dict) else None
-        if not isinstance(child, dict):
-            wrapped: Any = value
-            for inner in reversed(path[depth + 1 :]):
-                wrapped = {inner: wrapped}
-            return PatchOperation(op="add", path="/" + "/".join(path[: depth + 1]), value=wrapped)
-        container = child
-    op = "replace" if path[-1] in container else "add"
-    return PatchOperation(op=op, path="/" + "/".join(path), value=value)
+    for key in path[:-1]:
+        container = container.get(key) if isinstance(container, dict) else None
+    op = "replace" if isinstance(container, dict) and path[-1] in container else "add"
+    return PatchOperation(op=op, path=_pointer(path), value=value)
+
+
+def _customer_patches(referral: Referral, value: Any, *, accept_country_names: bool) -> list[tuple[Path, Any]]:
+    """The customer's name and each address part that changed, as separate paths: only the
+    contract decides which of them Partner Center takes after creation (today none of them)."""
+    if not any(contract().is_patchable(_pointer(path)) for path in _CUSTOMER_PATHS):
+        return [(_CUSTOMER_PATHS[0], None)]  # refused whole, without reading the new value
+    try:
+        pairs = field_patches("customer", value, accept_country_names=accept_country_names)
+    except CountryError:  # the engine's checks report the country in plain words; never sent as is
+        pairs = field_patches("customer", {**(value or {}), "country": None}, accept_country_names=accept_country_names)
+    parts: list[tuple[Path, Any]] = []
+    for path, wire in pairs:
+        if path == _ADDRESS and isinstance(wire, dict):
+            parts += [((*_ADDRESS, key), part) for key, part in wire.items()]
+        else:
+            parts.append((path, wire))
+    profile = referral.customer_profile
+    old: dict[str, Any] = {"name": profile.name if profile else None}
+    old |= profile.address.to_wire() if profile and profile.address else {}
+    # Only the parts that changed: region and addressLine2 stay as Partner Center has them.
+    return [(path, wire) for path, wire in parts if old.get(path[-1]) != wire]
 
 
 def patch_operations(
@@ -98,70 +83,75 @@ def patch_operations(
     status: StatusChange | None,
     *,
     accept_country_names: bool,
-) -> list[PatchOperation]:
-    """JSON Patch carrying exactly `changes` (neutral field -> new value) and the status change."""
+) -> tuple[list[PatchOperation], list[str]]:
+    """JSON Patch carrying `changes` (neutral field -> new value) and the status change, on the
+    contract's patchable paths only; and the neutral fields left out because Partner Center does
+    not accept them by PATCH (it keeps its own value)."""
+    terms = contract()
     document = referral.model_dump(mode="json", by_alias=True, exclude_unset=True)  # the members on the wire
-    operations: list[PatchOperation] = []
+    wanted: list[tuple[str, Path, Any]] = []
     for field, value in changes.items():
         if field == "customer":
-            customer = value or {}
-            operations.append(_op(document, ("customerProfile", "name"), customer.get("name")))
-            operations.append(
-                _op(
-                    document,
-                    ("customerProfile", "address"),
-                    _address(customer, accept_country_names=accept_country_names),
-                )
-            )
-            continue
-        operations.append(
-            _op(document, PATHS[field], wire_value(field, value, accept_country_names=accept_country_names))
-        )
-        if field == "help_needed" and asks_microsoft_for_help({"help_needed": value}) and "visible" not in changes:
+            pairs = _customer_patches(referral, value, accept_country_names=accept_country_names)
+        else:
+            pairs = field_patches(field, value, accept_country_names=accept_country_names)
+        wanted += [(field, path, wire) for path, wire in pairs]
+        help_path = BY_NAME["help_needed"].pc_path
+        if (
+            field == "help_needed"
+            and asks_microsoft_for_help({"help_needed": value})
+            and "visible" not in changes
+            and help_path is not None
+            and terms.is_patchable(_pointer(help_path))
+        ):
             # Asking Microsoft for help makes it a co-sell, which is shared with Microsoft sellers.
-            operations.append(_op(document, PATHS["visible"], True))
+            wanted += [
+                ("visible", path, wire)
+                for path, wire in field_patches("visible", True, accept_country_names=accept_country_names)
+            ]
     if status is not None:
-        operations.append(_op(document, ("status",), status.status))
-        operations.append(_op(document, ("substatus",), status.substatus))
+        wanted.append(("status", ("status",), status.status))
+        wanted.append(("status", ("substatus",), status.substatus))
         if status.reason:
-            operations.append(_op(document, ("statusReason",), status.reason))
-    return operations
+            wanted.append(("status", ("statusReason",), status.reason))
+    refused = {field for field, path, _ in wanted if not terms.is_patchable(_pointer(path))}
+    # A customer is several paths: its patchable parts go. Any other field is one path.
+    operations = [_op(document, path, value) for _, path, value in wanted if terms.is_patchable(_pointer(path))]
+    return operations, [field for field in changes if field in refused]
 
 
 def new_referral(view: View, *, crm_record_id: str, accept_country_names: bool) -> dict[str, Any]:
     """The `POST /referrals` body for a CRM deal a seller chose to sync (reference 1.3, 1.5).
 
     Co-sell (help asked) and partner-led (visible) deals are shared with Microsoft sellers; a
-    private deal is not. Partner Center answers with the stored referral (Active/Accepted, Outgoing).
+    private deal is not. It carries the contract's consent flags and the customer's marketplace
+    intent (mandatory since 2026-01-05; the CRMs do not ask the seller, so "have not decided").
+    Partner Center answers with the stored referral (Active/Accepted, Outgoing).
     """
-    customer = view.get("customer") or {}
+    terms = contract()
     co_sell = asks_microsoft_for_help(view)
     shared = co_sell or bool(view.get("visible"))
-    details: dict[str, Any] = {
-        "requirements": {"solutions": wire_value("solutions", view.get("solutions"), accept_country_names=False)}
-    }
-    for field, key in (
-        ("deal_value", "dealValue"),
-        ("currency", "currency"),
-        ("close_date", "closingDateTime"),
-        ("notes", "notes"),
-    ):
-        if view.get(field) is not None:
-            details[key] = wire_value(field, view[field], accept_country_names=False)
     body: dict[str, Any] = {
-        "name": view.get("name"),
         "externalReferenceId": crm_record_id,
         "type": "Shared" if shared else "Independent",
         "qualification": "SalesQualified",
-        "customerProfile": {
-            "name": customer.get("name"),
-            "address": _address(customer, accept_country_names=accept_country_names),
-            "team": wire_value("contacts", view.get("contacts"), accept_country_names=False),
+        "consent": terms.consent_on_create(shared=shared),
+        "details": {
+            "requirements": {"solutions": [], "additionalRequirements": {"attributes": [terms.marketplace_intent()]}}
         },
-        "consent": {"consentToShareReferralWithMicrosoftSellers": shared},
-        "details": details,
-        "team": wire_value("team", view.get("team"), accept_country_names=False),
     }
-    if co_sell:
-        body["inviteContext"] = {"assistanceRequestCode": view["help_needed"]}
+    for spec in FIELDS:
+        if spec.direction in ("both", "crm_to_pc") and view.get(spec.name) is not None:
+            for path, wire in field_patches(spec.name, view[spec.name], accept_country_names=accept_country_names):
+                _place(body, path, wire)
+    for path, wire in field_patches("visible", shared, accept_country_names=accept_country_names):
+        _place(body, path, wire)  # a co-sell is always shared with Microsoft sellers
+    if not co_sell:
+        body.pop("inviteContext", None)
     return body
+
+
+def _place(document: dict[str, Any], path: Path, value: Any) -> None:
+    for key in path[:-1]:
+        document = document.setdefault(key, {})
+    document[path[-1]] = value

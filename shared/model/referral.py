@@ -14,8 +14,10 @@ import re
 import threading
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
+
+from shared.partner_center.contract import contract
 
 logger = logging.getLogger(__name__)
 
@@ -58,29 +60,37 @@ UtcDateTime = Annotated[
     PlainSerializer(format_pc_datetime, return_type=str, when_used="json"),
 ]
 
-Status = Annotated[str, _tolerant("status", ("None", "New", "Active", "Closed"))]
-Substatus = Annotated[
-    str, _tolerant("substatus", ("None", "Pending", "Received", "Accepted", "Won", "Lost", "Declined", "Expired"))
-]
-ReferralType = Annotated[str, _tolerant("type", ("Independent", "Shared"))]
-Qualification = Annotated[str, _tolerant("qualification", ("None", "Direct", "MarketingQualified", "SalesQualified"))]
-Direction = Annotated[str, _tolerant("direction", ("Incoming", "Outgoing"))]
-TargetType = Annotated[str, _tolerant("target.type", ("None", "BusinessProfileLocation", "SolutionProfile"))]
-SolutionType = Annotated[str, _tolerant("solution.type", ("None", "Category", "Name"))]
-ProfileType = Annotated[str, _tolerant("customerProfile.ids.profileType", ("Duns", "External"))]
-ASSISTANCE_REQUEST_CODES = (
-    "Unknown",
-    "GeneralOrOther",
-    "CustomerTechnicalArchitecture",
-    "ProofOfConceptOrDemo",
-    "QuotesOrLicensing",
-    "PostSalesCustomerSuccess",
-    "WorkloadSpecificValueProposition",
-)
-"""`inviteContext.assistanceRequestCode` values (reference 1.4): the "How can Microsoft help?" picklist."""
-AssistanceRequestCode = Annotated[str, _tolerant("inviteContext.assistanceRequestCode", ASSISTANCE_REQUEST_CODES)]
+_CONTRACT = contract()
 
-CLOSED_SUBSTATUSES = frozenset({"Won", "Lost", "Declined", "Expired"})
+
+def _enum(name: str) -> AfterValidator:
+    return _tolerant(name, _CONTRACT.enum(name))
+
+
+Status = Annotated[str, _enum("status")]
+Substatus = Annotated[str, _enum("substatus")]
+ReferralType = Annotated[str, _enum("type")]
+Qualification = Annotated[str, _enum("qualification")]
+Direction = Annotated[str, _enum("direction")]
+TargetType = Annotated[str, _enum("target.type")]
+SolutionType = Annotated[str, _enum("solution.type")]
+ProfileType = Annotated[str, _enum("customerProfile.ids.profileType")]
+ASSISTANCE_REQUEST_CODES = _CONTRACT.enum("inviteContext.assistanceRequestCode")
+"""`inviteContext.assistanceRequestCode` values (the contract): the "How can Microsoft help?" picklist."""
+AssistanceRequestCode = Annotated[str, _enum("inviteContext.assistanceRequestCode")]
+
+CLOSED_SUBSTATUSES = _CONTRACT.substatuses("Closed")
+
+MICROSOFT_ORGANIZATION_ID = "msft"
+"""Microsoft's organisation id: `inviteContext.invitedBy.organizationId` when Microsoft invited (the
+only documented use), and the `organizationId` of Microsoft's related referral in practice."""
+
+
+def _tag_texts(value: Any) -> Any:
+    """The definition lists tags as `[{"tag": ...}]`; real payloads show plain strings: read both."""
+    if isinstance(value, list):
+        return [item.get("tag") if isinstance(item, dict) else item for item in value if item is not None]
+    return value
 
 
 class WireModel(BaseModel):
@@ -101,6 +111,15 @@ class Address(WireModel):
     postal_code: str | None = None
     country: str | None = None
     region: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_from_region(cls, data: Any) -> Any:
+        """Real payloads put a US state in `region` and leave `state` null; the definition has both.
+        Read either into `state`; `region` stays as sent."""
+        if isinstance(data, dict) and not data.get("state") and data.get("region"):
+            return {**data, "state": data["region"]}
+        return data
 
 
 class ContactPreference(WireModel):
@@ -134,6 +153,7 @@ class CustomerProfile(WireModel):
 class Consent(WireModel):
     consent_to_contact: bool | None = None
     consent_to_to_share_info_with_others: bool | None = None  # sic: "ToTo" is the wire name
+    consent_to_microsoft_to_contact_specific_partners: bool | None = None  # Learn's create sample; not in [C]
     consent_to_share_referral_with_microsoft_sellers: bool | None = None
 
 
@@ -235,7 +255,7 @@ class Referral(WireModel):
     sales_stage: str | None = None  # swagger enum vs observed "100": kept as text (reference open question 2)
     referral_program: str | None = None
     registration_status: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    tags: Annotated[list[str], BeforeValidator(_tag_texts)] = Field(default_factory=list)
     target: list[Target] = Field(default_factory=list)
     team: list[Member] = Field(default_factory=list)
     customer_profile: CustomerProfile | None = None
@@ -252,15 +272,27 @@ class Referral(WireModel):
         return self.status == "Closed"
 
     @property
+    def is_microsoft_side(self) -> bool:
+        """Microsoft's own referral in an engagement. No source documents how to recognise it: we
+        accept `organizationId == "msft"` (what related referrals carry in practice) and the legacy
+        shared-referral form, a target `BusinessProfileLocation` with id `msft` (2019 create docs)."""
+        if self.organization_id == MICROSOFT_ORGANIZATION_ID:
+            return True
+        return any(
+            target.type == "BusinessProfileLocation" and target.id == MICROSOFT_ORGANIZATION_ID
+            for target in self.target
+        )
+
+    @property
     def invited_by_microsoft(self) -> bool:
         invited_by = self.invite_context.invited_by if self.invite_context else None
-        return bool(invited_by and invited_by.organization_id == "msft")
+        return bool(invited_by and invited_by.organization_id == MICROSOFT_ORGANIZATION_ID)
 
     def kind(self) -> ReferralKind:
         """Classification of reference 1.5: leads (from Microsoft) vs co-sell opportunities."""
         if self.type == "Independent" and self.qualification == "Direct":
             invited_by = self.invite_context.invited_by if self.invite_context else None
-            if invited_by is None or invited_by.organization_id in (None, "msft"):
+            if invited_by is None or invited_by.organization_id in (None, MICROSOFT_ORGANIZATION_ID):
                 return "marketplace_lead"
         if (
             self.type == "Independent"

@@ -6,7 +6,9 @@
   concurrency, whenever MSAL changed it.
 - `refresh()`: the timer's job: force a refresh-token redemption so it never idles out (90 days),
   and record success or the error for the health page. Never raises for a refresh failure.
-- `health_summary()`: signed-in account, last refresh-token use, last refresh error.
+- `health_summary()`: signed-in account, last refresh-token use, last refresh error, and whether
+  the stored sign-in carries an MFA claim (Partner Center refuses user calls without one: 401,
+  error 900421); `record_mfa_refusal()` keeps such a refusal for the health page.
 
 The confidential client authenticates with its secret on every grant, the device code included
 (real Entra's rules for secrets on the device code grant are not in our reference; a refresh
@@ -17,12 +19,16 @@ with our TLS context instead.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from shared.http import tls_context
+from shared.partner_center.contract import contract
 from shared.partner_center.token_store import StoredSignIn, TokenCacheStore, TokenStoreConflict, utc_now_text
 from shared.settings import Settings
 from shared.sync.storage import StorageAccount
@@ -163,18 +169,68 @@ class PartnerCenterAuth:
             logger.info("Partner Center token refresh: another instance saved first; its result stands")
         return self.health_summary()
 
+    def record_mfa_refusal(self, error: Exception) -> None:
+        """Partner Center refused a call for lack of MFA (900421): keep it for the health page until
+        the next successful refresh or sign-in. Never raises (it runs inside a failing call)."""
+        try:
+            stored = self._store.load()
+            stored.last_refresh_error = f"{MFA_PROBLEM} ({error})"[:1000]
+            stored.last_refresh_error_at = utc_now_text()
+            self._store.save(stored)
+        except Exception as failure:  # the refusal itself is already raised to the caller
+            logger.warning("could not record the MFA refusal for the health page: %s", failure)
+
     def health_summary(self) -> dict[str, Any]:
         """What `/api/health/details` shows about the Partner Center sign-in."""
         try:
             stored = self._store.load()
         except Exception as error:  # health must report, never crash
             return {"signed_in": False, "error": f"{type(error).__name__}: {error}"}
+        signed_in = bool(stored.cache and stored.account)
+        mfa = sign_in_has_mfa(stored.cache) if signed_in else None
         return {
-            "signed_in": bool(stored.cache and stored.account),
+            "signed_in": signed_in,
             "account": stored.account,
             "signed_in_at": stored.signed_in_at,
             "refresh_token_last_used_at": stored.last_refresh_at,
             "last_refresh_error": stored.last_refresh_error,
             "last_refresh_error_at": stored.last_refresh_error_at,
-            "healthy": bool(stored.cache and stored.account) and not stored.last_refresh_error,
+            "mfa": mfa,
+            "mfa_problem": MFA_PROBLEM if mfa is False else None,
+            "healthy": signed_in and not stored.last_refresh_error and mfa is not False,
         }
+
+
+MFA_PROBLEM = (
+    "the Partner Center sign-in carries no MFA claim, and Partner Center refuses user calls without one "
+    "(error 900421): sign in again with `python -m shared partner-center login` as the Referrals Admin "
+    "and complete multi-factor authentication (Entra ID: require MFA for that user)"
+)
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT we stored ourselves; read for display, not trusted for access."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def sign_in_has_mfa(serialized_cache: str | None) -> bool | None:
+    """Whether the stored sign-in's tokens carry an MFA claim (`amr` with "mfa"): True, False, or
+    None when no token in the cache says how the user signed in."""
+    try:
+        cache = json.loads(serialized_cache or "{}")
+    except ValueError:
+        return None
+    said: list[bool] = []
+    for section in ("AccessToken", "IdToken"):
+        for entry in (cache.get(section) or {}).values():
+            claims = _jwt_claims(str(entry.get("secret") or "")) if isinstance(entry, dict) else None
+            if claims is not None and "amr" in claims:
+                said.append(contract().has_mfa_claim(claims))
+    return any(said) if said else None

@@ -5,8 +5,9 @@
 - 429 and 5xx and transport errors are retried with capped exponential back-off and jitter;
   `Retry-After` wins when present. A create (POST) is retried only when the request surely did
   not take effect (429, 503, connection refused), so a retry never creates a duplicate.
-- Errors are typed and keep Partner Center's `code` (`{"error": {"code", "message", "target"}}`):
-  code against `code`, never `message`.
+- Errors are typed and keep Partner Center's `code` (`{"error": {"code", "message", "target",
+  "innerError"}}`) and every nested `innerError` code: code against codes, never `message`. A 401
+  for a sign-in without MFA (Partner Center error 900421) is `PartnerCenterMfaRequiredError`.
 - The bearer token comes from an injected provider (`scope -> token`), normally
   `shared.partner_center.auth.PartnerCenterAuth.token`.
 """
@@ -16,16 +17,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import re
 import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from shared.http import tls_context
 from shared.model.referral import PatchOperation, Referral, ReferralPage, format_pc_datetime
+from shared.partner_center.contract import contract
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ TokenProvider = Callable[[str], str]
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _NOT_APPLIED_STATUSES = frozenset({429, 503})  # the server did not act on the request
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class PartnerCenterError(Exception):
@@ -42,11 +48,25 @@ class PartnerCenterError(Exception):
 
     transient = False
 
-    def __init__(self, message: str, *, status: int = 0, code: str | None = None, target: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str | None = None,
+        target: str | None = None,
+        inner_codes: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.target = target
+        self.inner_codes = inner_codes
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The top-level code, then each nested `innerError` code, outermost first."""
+        return ((self.code,) if self.code else ()) + self.inner_codes
 
 
 class PartnerCenterValidationError(PartnerCenterError):
@@ -55,6 +75,15 @@ class PartnerCenterValidationError(PartnerCenterError):
 
 class PartnerCenterAuthError(PartnerCenterError):
     """401/403: the token was refused or lacks the Referrals Admin role."""
+
+
+class PartnerCenterMfaRequiredError(PartnerCenterAuthError):
+    """401 with error 900421: the stored sign-in was made without multi-factor authentication."""
+
+    advice = (
+        "Partner Center refuses this sign-in because it carries no MFA claim (error 900421): sign in again with "
+        "`python -m shared partner-center login` as the Referrals Admin and complete multi-factor authentication"
+    )
 
 
 class PartnerCenterNotFoundError(PartnerCenterError):
@@ -90,32 +119,64 @@ def odata_datetime(moment: dt.datetime) -> str:
     return format_pc_datetime(moment)
 
 
-def _error_details(response: httpx.Response) -> tuple[str | None, str, str | None]:
-    """(code, message, target) from any of Partner Center's error body shapes."""
+@dataclass(frozen=True)
+class ErrorDetails:
+    code: str | None
+    message: str
+    target: str | None = None
+    inner_codes: tuple[str, ...] = ()
+
+
+def _inner_codes(error: dict[str, Any]) -> tuple[str, ...]:
+    """Codes of the nested `innerError` chain (the Partner API error body allows any depth)."""
+    codes: list[str] = []
+    inner = error.get("innerError") or error.get("innererror")
+    for _ in range(10):  # far deeper than any real body
+        if not isinstance(inner, dict):
+            break
+        if inner.get("code") is not None:
+            codes.append(str(inner["code"]))
+        inner = inner.get("innerError") or inner.get("innererror")
+    return tuple(codes)
+
+
+def _error_details(response: httpx.Response) -> ErrorDetails:
+    """Code, message, target and nested codes from any of Partner Center's error body shapes."""
     try:
         body = response.json()
     except ValueError:
-        return None, response.text[:500] or response.reason_phrase, None
+        return ErrorDetails(None, response.text[:500] or response.reason_phrase)
     if isinstance(body, dict):
         error = body.get("error")
-        if isinstance(error, dict):  # Referrals API: {"error": {"code", "message", "target"}}
-            return error.get("code"), str(error.get("message") or ""), error.get("target")
+        if isinstance(error, dict):  # Referrals API: {"error": {"code", "message", "target", "innerError"}}
+            code = str(error["code"]) if error.get("code") is not None else None
+            return ErrorDetails(code, str(error.get("message") or ""), error.get("target"), _inner_codes(error))
         if "description" in body:  # classic API host: {code, description, data, source}
-            return str(body.get("code")), str(body.get("description")), None
+            return ErrorDetails(str(body.get("code")), str(body.get("description")))
         if "message" in body:  # throttling: {"statusCode": 429, "message": ...}
-            return str(body.get("statusCode") or response.status_code), str(body["message"]), None
-    return None, response.text[:500], None
+            return ErrorDetails(str(body.get("statusCode") or response.status_code), str(body["message"]))
+    return ErrorDetails(None, response.text[:500])
+
+
+def _mfa_required(details: ErrorDetails) -> bool:
+    """Error 900421 in any code, or in the message (reports do not say where it sits)."""
+    wanted = contract().mfa_error_code
+    return wanted in ((details.code,) if details.code else ()) + details.inner_codes or wanted in details.message
 
 
 def raise_for_response(response: httpx.Response, what: str) -> None:
     if response.is_success:
         return
-    code, message, target = _error_details(response)
+    details = _error_details(response)
     status = response.status_code
+    code, message = details.code, details.message
     text = f"{what} failed with {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     error_type: type[PartnerCenterError]
     if status in (400, 422):
         error_type = PartnerCenterValidationError
+    elif status == 401 and _mfa_required(details):
+        error_type = PartnerCenterMfaRequiredError
+        text = f"{text.rstrip('.')}. {PartnerCenterMfaRequiredError.advice}"
     elif status in (401, 403):
         error_type = PartnerCenterAuthError
     elif status == 404:
@@ -128,7 +189,7 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
         error_type = PartnerCenterUnavailableError
     else:
         error_type = PartnerCenterError
-    raise error_type(text, status=status, code=code, target=target)
+    raise error_type(text, status=status, code=code, target=details.target, inner_codes=details.inner_codes)
 
 
 class ApiTransport:
@@ -146,8 +207,12 @@ class ApiTransport:
         max_backoff_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         http: httpx.Client | None = None,
+        on_mfa_required: Callable[[PartnerCenterMfaRequiredError], None] | None = None,
+        forbidden_advice: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._on_mfa_required = on_mfa_required  # e.g. PartnerCenterAuth.record_mfa_refusal, for the health page
+        self._forbidden_advice = forbidden_advice  # added to a 403's message: which role this API asks for
         self.scope = scope
         self._token = token_provider
         self._max_attempts = max_attempts
@@ -211,7 +276,22 @@ class ApiTransport:
             logger.warning("%s: HTTP %d; retry %d in %.1fs", what, response.status_code, attempt + 1, delay)
             self._sleep(delay)
         assert response is not None  # the loop ran at least once and either returned or raised
-        raise_for_response(response, what)
+        try:
+            raise_for_response(response, what)
+        except PartnerCenterMfaRequiredError as refused:
+            if self._on_mfa_required is not None:
+                self._on_mfa_required(refused)
+            raise
+        except PartnerCenterAuthError as refused:
+            if refused.status != 403 or not self._forbidden_advice:
+                raise
+            raise PartnerCenterAuthError(
+                f"{str(refused).rstrip('.')}. {self._forbidden_advice}",
+                status=refused.status,
+                code=refused.code,
+                target=refused.target,
+                inner_codes=refused.inner_codes,
+            ) from refused
         return response
 
 
@@ -248,15 +328,18 @@ class PartnerCenterClient:
             params["$orderby"] = orderby
         if top is not None:
             params["$top"] = str(top)
+        return self._pages("/referrals", params)
+
+    def _pages(self, url: str, params: dict[str, str]) -> Iterator[ReferralPage]:
         correlation_id = str(uuid.uuid4())
-        url: str | None = "/referrals"
-        while url:
+        next_url: str | None = url
+        while next_url:
             response = self._api.request(
-                "GET", url, what="list referrals", params=params or None, correlation_id=correlation_id
+                "GET", next_url, what="list referrals", params=params or None, correlation_id=correlation_id
             )
             page = ReferralPage.model_validate(response.json())
             yield page
-            url, params = page.odata_next_link, {}
+            next_url, params = page.odata_next_link, {}
 
     def list_referrals(
         self, *, filter: str | None = None, orderby: str | None = None, top: int | None = None
@@ -268,9 +351,22 @@ class PartnerCenterClient:
         """Referrals changed at or after `moment`, oldest change first (the reconcile poll)."""
         return self.list_referrals(filter=f"updatedDateTime ge {odata_datetime(moment)}", orderby="updatedDateTime asc")
 
-    def related_referrals(self, engagement_id: str) -> list[Referral]:
-        """Every referral of one engagement (ours, Microsoft's, other partners')."""
-        return list(self.list_referrals(filter=f"engagementId eq {odata_string(engagement_id)}"))
+    def related_referrals(self, referral: Referral) -> list[Referral]:
+        """Every referral of `referral`'s engagement (ours, Microsoft's, other partners').
+
+        Follows the referral's own `links.relatedReferrals.uri` as given (real payloads carry the
+        engagement id unquoted; older docs quoted it); without a link, builds the same unquoted filter."""
+        link = referral.links.related_referrals if referral.links else None
+        if link is not None and link.uri:
+            if urlsplit(link.uri).netloc == urlsplit(self._api.base_url).netloc:
+                return [item for page in self._pages(link.uri, {}) for item in page.value]
+            # Our bearer token goes only to the API host we were configured with.
+            logger.warning("related-referrals link of %s points to another host; using the filter", referral.id)
+        if not referral.engagement_id:
+            raise ValueError(f"referral {referral.id} has neither a related-referrals link nor an engagement id")
+        if not _GUID.fullmatch(referral.engagement_id):
+            raise ValueError(f"engagement id {referral.engagement_id!r} is not a GUID")
+        return list(self.list_referrals(filter=contract().related_referrals_filter(referral.engagement_id)))
 
     def get_referral(self, referral_id: str) -> Referral:
         response = self._api.request("GET", f"/referrals/{_segment(referral_id)}", what=f"get referral {referral_id}")

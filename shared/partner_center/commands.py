@@ -70,7 +70,8 @@ def register_webhook(arguments: argparse.Namespace, out: TextIO) -> int:
     from shared.partner_center.registration import REGISTRATION_FAILURES, WebhookRegistrar, redact_url
 
     settings = load_settings()
-    registrar = WebhookRegistrar.from_settings(settings, _auth(settings).token)
+    auth = _auth(settings)
+    registrar = WebhookRegistrar.from_settings(settings, auth.token, on_mfa_required=auth.record_mfa_refusal)
     try:
         result = registrar.ensure(arguments.url, send_test=arguments.send_test, test_timeout_seconds=arguments.wait)
     except ValueError as error:
@@ -126,8 +127,14 @@ def status(arguments: argparse.Namespace, out: TextIO) -> int:
         _say(out, "  sign in again with `python -m shared partner-center login`")
     else:
         _say(out, "✔ refresh token healthy")
+    if summary["mfa"] is True:
+        _say(out, "✔ the sign-in carries an MFA claim")
+    elif summary["mfa"] is False:
+        _say(out, f"✖ {summary['mfa_problem']}")
+    else:
+        _say(out, "? the stored tokens do not say whether the sign-in used MFA (no `amr` claim)")
 
-    registrar = WebhookRegistrar.from_settings(settings, auth.token)
+    registrar = WebhookRegistrar.from_settings(settings, auth.token, on_mfa_required=auth.record_mfa_refusal)
     try:
         registration = registrar.current()
     except REGISTRATION_FAILURES as error:

@@ -32,6 +32,7 @@ from shared.partner_center.client import (
     PartnerCenterNotFoundError,
     TokenProvider,
 )
+from shared.partner_center.contract import contract
 from shared.partner_center.token_store import TokenStoreError
 from shared.settings import Settings
 
@@ -45,6 +46,13 @@ WEBHOOK_EVENTS = (
     "test-created",
 )
 """What we register: the four referral events plus `test-created` (needed to send validation events)."""
+
+WEBHOOK_ROLE_ADVICE = (
+    "Microsoft's webhook page lists the roles Billing admin, Admin agent, Sales agent and Helpdesk agent for "
+    "this API (the co-sell connector docs use the Referrals Admin): give the signed-in user one of them "
+    "besides Referrals Admin, or sign in with a user who has both"
+)
+"""Sources differ on who may register webhooks; the sign-in is the Referrals Admin's, so a 403 says this."""
 
 REGISTRATION_FAILURES = (SignInRequired, TokenStoreError, PartnerCenterError)
 """What a registration call may raise besides a bad URL: each has a message fit for an admin."""
@@ -123,29 +131,38 @@ class WebhookRegistration:
 
 @dataclass(frozen=True)
 class DeliveryAttempt:
-    response_code: int
+    """One delivery attempt of a validation event. Microsoft's sample shows `"responseCode": "OK"`
+    and `"systemError": false`; older text shows a number and a message: both are read."""
+
+    response_code: int | str
     response_message: str | None
-    system_error: str | None
+    system_error: bool
     at: str | None
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> DeliveryAttempt:
         code = body.get("responseCode")
+        message = body.get("responseMessage")
+        system_error = body.get("systemError")
+        if isinstance(system_error, str) and system_error:  # the older shape: the error text itself
+            message, system_error = system_error, True
         return cls(
-            response_code=int(code) if isinstance(code, int | str) and str(code).isdigit() else 0,
-            response_message=body.get("responseMessage"),
-            system_error=body.get("systemError"),
+            response_code=code if isinstance(code, int | str) and not isinstance(code, bool) else 0,
+            response_message=str(message) if message else None,
+            system_error=bool(system_error),
             at=body.get("dateTimeUtc"),
         )
 
     @property
     def succeeded(self) -> bool:
-        return 200 <= self.response_code < 300
+        return not self.system_error and contract().validation_result_ok(self.response_code)
 
     def describe(self) -> str:
         if self.system_error:
-            return f"no response ({self.system_error})"
-        return f"HTTP {self.response_code} {self.response_message or ''}".rstrip()
+            reason = self.response_message or "a system error on Partner Center's side"
+            return f"no response ({reason})"
+        code = f"HTTP {self.response_code}" if isinstance(self.response_code, int) else str(self.response_code)
+        return f"{code} {self.response_message or ''}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -241,6 +258,7 @@ class WebhookRegistrar:
             "scope": settings.pc_webhook_api_scope,
             "token_provider": token_provider,
             "http": http,
+            "forbidden_advice": WEBHOOK_ROLE_ADVICE,
             **transport_options,
         }
         return cls(
@@ -370,7 +388,10 @@ def default_registrar() -> Iterator[WebhookRegistrar]:
     """A registrar on the process-wide settings and Partner Center sign-in (the function app's)."""
     from shared import bootstrap
 
-    registrar = WebhookRegistrar.from_settings(bootstrap.settings(), bootstrap.partner_center_auth().token)
+    auth = bootstrap.partner_center_auth()
+    registrar = WebhookRegistrar.from_settings(
+        bootstrap.settings(), auth.token, on_mfa_required=auth.record_mfa_refusal
+    )
     try:
         yield registrar
     finally:

@@ -8,17 +8,18 @@ Order of checks, each refusal logged with its reason and nothing queued:
 2. signature -> 401: `Authorization: Signature <b64>` or `x-ms-signature`; `x-ms-signature-algorithm`
    must be `rsa-sha256`; `x-ms-certificate-url` must be https on an allow-listed host
    (PC_WEBHOOK_CERT_HOSTS; `host:port` entries allowed, for the sandbox); the certificate is fetched
-   without redirects and with a short timeout, cached per URL, must chain to a certificate in
-   PC_WEBHOOK_TRUSTED_ROOTS (default: the system trust store), be within its validity period and
-   name `O=Microsoft Corporation` in its subject; the RSA PKCS#1 v1.5 SHA-256 signature is checked
-   over the raw body bytes (never re-serialised JSON). Unauthenticated bodies are never parsed;
+   without redirects and with a short timeout and cached per URL. The URL serves the leaf only, so
+   the chain is built by `cryptography.x509.verification` from the self-signed certificates of
+   PC_WEBHOOK_TRUSTED_ROOTS (default: the system trust store) as anchors, with intermediates from
+   that same file (a bundled set) and from the leaf's AIA "CA Issuers" URL when its host is one of
+   Microsoft's PKI hosts or in PC_WEBHOOK_CERT_HOSTS (cached). CA certificates must meet the Web
+   PKI rules (basicConstraints CA, keyUsage keyCertSign); the leaf must not be a CA and, when it
+   has keyUsage, allow digitalSignature. As in Microsoft's sample, the leaf's **issuer** must name
+   `O=Microsoft Corporation`. The RSA PKCS#1 v1.5 SHA-256 signature is checked over the raw body
+   bytes (never re-serialised JSON). Unauthenticated bodies are never parsed;
 3. JSON and envelope -> 400;
-4. `test-created` -> 200 (logged); referral events -> 202 + `PartnerCenterChange`; other events
-   -> 200, ignored.
-
-The organisation check is on the signing certificate's subject. Microsoft's sample checks the
-issuer string, but the sandbox CA (our own root) is not "Microsoft Corporation"; trust in the issuer
-comes from the chain check against the configured roots instead.
+4. `test-created` -> 200 (logged); referral events -> 200 + `PartnerCenterChange` (Microsoft's
+   sample answers "OK"); other events -> 200, ignored.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509 import verification
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from pydantic import ValidationError
 
 from shared.http import tls_context
 from shared.model.webhook import TEST_EVENT, WebhookEvent
+from shared.partner_center.contract import contract
 from shared.settings import Settings
 from shared.sync.queues import PartnerCenterChange
 
@@ -54,8 +58,11 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_CERTIFICATE_BYTES = 64 * 1024
-REQUIRED_ORGANIZATION = "Microsoft Corporation"
+REQUIRED_ORGANIZATION = contract().webhook_issuer_organization
 CERTIFICATE_CACHE_SECONDS = 3600.0
+MAX_CHAIN_DEPTH = 6
+MICROSOFT_PKI_HOSTS = ("www.microsoft.com", "caissuers.microsoft.com")
+"""Hosts whose AIA "CA Issuers" URLs we follow (Microsoft's PKI repository), besides PC_WEBHOOK_CERT_HOSTS."""
 
 
 class SignatureError(Exception):
@@ -106,12 +113,15 @@ class SignatureVerifier:
     ) -> None:
         if not allowed_hosts:
             raise ValueError("PC_WEBHOOK_CERT_HOSTS names no host")
-        if not trusted_roots:
-            raise ValueError("PC_WEBHOOK_TRUSTED_ROOTS holds no certificate")
+        anchors = [certificate for certificate in trusted_roots if certificate.issuer == certificate.subject]
+        if not anchors:
+            raise ValueError("PC_WEBHOOK_TRUSTED_ROOTS holds no root (self-signed) certificate")
         self._allowed_hosts = {host.lower() for host in allowed_hosts}
-        self._roots = trusted_roots
+        self._store = verification.Store(anchors)
+        self._bundled_intermediates = [certificate for certificate in trusted_roots if certificate not in anchors]
         self._http = http or httpx.Client(verify=tls_verify, timeout=timeout_seconds, follow_redirects=False)
-        self._cache: dict[str, tuple[float, x509.Certificate]] = {}
+        self._cache: dict[str, tuple[float, list[x509.Certificate]]] = {}
+        self._issuer_cache: dict[str, tuple[float, list[x509.Certificate]]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -156,34 +166,44 @@ class SignatureVerifier:
         except (binascii.Error, ValueError) as error:
             raise SignatureError("the signature is not base64") from error
 
+    def _netloc(self, url: str, *, schemes: tuple[str, ...]) -> str | None:
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or parts.username or parts.password or not parts.hostname:
+            return None
+        return parts.hostname.lower() + (f":{parts.port}" if parts.port is not None else "")
+
     def _check_url(self, url: str) -> None:
         if not url:
             raise SignatureError("no x-ms-certificate-url header")
-        parts = urlsplit(url)
-        if parts.scheme != "https":
+        if urlsplit(url).scheme != "https":
             raise SignatureError(f"certificate URL {url!r} is not https")
-        if parts.username or parts.password or not parts.hostname:
+        netloc = self._netloc(url, schemes=("https",))
+        if netloc is None:
             raise SignatureError(f"certificate URL {url!r} is malformed")
-        netloc = parts.hostname.lower() + (f":{parts.port}" if parts.port is not None else "")
         if netloc not in self._allowed_hosts:
             raise SignatureError(f"certificate host {netloc!r} is not in PC_WEBHOOK_CERT_HOSTS")
 
     def _certificate(self, url: str) -> x509.Certificate:
+        """The signing certificate at `url`. Microsoft's URL serves the leaf alone; should it serve
+        a bundle, the first certificate is the leaf and the others are offered as intermediates."""
         self._check_url(url)
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(url)
         if cached is not None and now - cached[0] < CERTIFICATE_CACHE_SECONDS:
-            certificate = cached[1]
+            certificates = cached[1]
         else:
-            certificate = self._download(url)
+            certificates = self._download(url)
+            if not certificates:
+                raise SignatureError(f"{url} holds no certificate")
             with self._lock:
-                self._cache[url] = (now, certificate)
+                self._cache[url] = (now, certificates)
         # Validity and chain are re-checked on every use: a cached certificate can expire.
-        self._check_certificate(certificate)
-        return certificate
+        self._check_certificate(certificates[0], served_with=certificates[1:])
+        return certificates[0]
 
-    def _download(self, url: str) -> x509.Certificate:
+    def _download(self, url: str) -> list[x509.Certificate]:
+        """The certificates at `url`: DER, PEM, or a PKCS#7 bundle (what AIA URLs often serve)."""
         try:
             response = self._http.get(url)
         except httpx.HTTPError as error:
@@ -193,49 +213,99 @@ class SignatureVerifier:
         content = response.content
         if len(content) > MAX_CERTIFICATE_BYTES:
             raise SignatureError("the certificate download is too large")
-        try:
-            if content.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(content)
-            return x509.load_der_x509_certificate(content)
-        except ValueError as error:
-            raise SignatureError(f"{url} does not hold an X.509 certificate") from error
+        loaders = (
+            (lambda data: x509.load_pem_x509_certificates(data))
+            if content.lstrip().startswith(b"-----BEGIN")
+            else (lambda data: [x509.load_der_x509_certificate(data)]),
+            pkcs7.load_der_pkcs7_certificates,
+        )
+        for load in loaders:
+            try:
+                return list(load(content))
+            except ValueError:
+                continue
+        raise SignatureError(f"{url} does not hold an X.509 certificate")
 
-    def _check_certificate(self, certificate: x509.Certificate) -> None:
+    def _check_certificate(self, certificate: x509.Certificate, *, served_with: list[x509.Certificate]) -> None:
         organizations = [
-            attribute.value for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+            attribute.value for attribute in certificate.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         ]
         if REQUIRED_ORGANIZATION not in organizations:
-            raise SignatureError(f"certificate organisation {organizations} is not {REQUIRED_ORGANIZATION!r}")
-        self._check_chain(certificate)
-
-    def _check_chain(self, certificate: x509.Certificate) -> None:
-        """Walk issuers through the trusted certificates until one of them signed the chain."""
-        now = dt.datetime.now(dt.UTC)
-        current = certificate
-        for _ in range(8):  # far deeper than any real chain
-            if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
-                raise SignatureError(f"certificate {current.subject.rfc4514_string()} is outside its validity period")
-            if any(current == root for root in self._roots):
-                return
-            issuer = next((root for root in self._roots if self._issued_by(current, root)), None)
-            if issuer is None:
-                raise SignatureError("the certificate does not chain to PC_WEBHOOK_TRUSTED_ROOTS")
-            if issuer.subject == issuer.issuer or current == issuer:
-                if not issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc:
-                    raise SignatureError("the trusted root is outside its validity period")
-                return
-            current = issuer
-        raise SignatureError("the certificate chain is too long")
+            raise SignatureError(f"certificate issuer organisation {organizations} is not {REQUIRED_ORGANIZATION!r}")
+        self._check_leaf_extensions(certificate)
+        self._check_chain(certificate, served_with)
 
     @staticmethod
-    def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-        if certificate.issuer != issuer.subject:
-            return False
+    def _check_leaf_extensions(certificate: x509.Certificate) -> None:
         try:
-            certificate.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is not None and constraints.ca:
+            raise SignatureError("the signing certificate is a CA certificate, not a signing one")
+        try:
+            usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.digital_signature:
+            raise SignatureError("the signing certificate's keyUsage does not allow digital signatures")
+
+    def _check_chain(self, certificate: x509.Certificate, served_with: list[x509.Certificate]) -> None:
+        """Build and verify the chain leaf -> intermediates -> a trusted root (validity, Web PKI CA rules)."""
+        intermediates = [*served_with, *self._bundled_intermediates, *self._aia_issuers(certificate)]
+        verifier = (
+            verification.PolicyBuilder()
+            .store(self._store)
+            .time(dt.datetime.now(dt.UTC))
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            # CAs: the Web PKI rules. The leaf: Microsoft publishes no profile for it (its EKU and
+            # SAN are unknown), so only our own checks above apply.
+            .extension_policies(
+                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                ee_policy=verification.ExtensionPolicy.permit_all(),
+            )
+            .build_client_verifier()
+        )
+        try:
+            verifier.verify(certificate, intermediates)
+        except verification.VerificationError as error:
+            raise SignatureError(f"the certificate does not chain to PC_WEBHOOK_TRUSTED_ROOTS: {error}") from error
+
+    def _aia_issuers(self, certificate: x509.Certificate) -> list[x509.Certificate]:
+        """Intermediates named by the leaf's AIA "CA Issuers" URLs on allowed hosts (cached); errors
+        are logged and the chain is then built without them."""
+        try:
+            access = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        except x509.ExtensionNotFound:
+            return []
+        found: list[x509.Certificate] = []
+        for description in access:
+            location = description.access_location
+            if description.access_method != AuthorityInformationAccessOID.CA_ISSUERS:
+                continue
+            if not isinstance(location, x509.UniformResourceIdentifier):
+                continue
+            url = location.value
+            # CA Issuers URLs are usually plain http: the chain check, not TLS, is what makes them safe.
+            netloc = self._netloc(url, schemes=("http", "https"))
+            if netloc is None or (netloc not in self._allowed_hosts and netloc not in MICROSOFT_PKI_HOSTS):
+                logger.info("AIA CA Issuers URL %s is not on an allowed host; not fetched", url)
+                continue
+            now = time.monotonic()
+            with self._lock:
+                cached = self._issuer_cache.get(url)
+            if cached is not None and now - cached[0] < CERTIFICATE_CACHE_SECONDS:
+                found.extend(cached[1])
+                continue
+            try:
+                issuers = self._download(url)
+            except SignatureError as error:
+                logger.warning("intermediate certificate not fetched: %s", error.reason)
+                continue
+            with self._lock:
+                self._issuer_cache[url] = (now, issuers)
+            found.extend(issuers)
+        return found
 
 
 def _refuse(status: int, code: str, message: str) -> IntakeResult:
@@ -270,4 +340,5 @@ def receive_event(body: bytes, headers: Mapping[str, str], verifier: SignatureVe
         return _refuse(400, "invalidEvent", f"ResourceUri {event.ResourceUri!r} names no referral")
     message = PartnerCenterChange(referral_id=referral_id, event=event.EventName)
     logger.info("Partner Center %s for referral %s accepted", event.EventName, referral_id)
-    return IntakeResult(202, {"status": "accepted", "referral_id": referral_id}, message)
+    answer = contract().webhook_answer_status
+    return IntakeResult(answer, {"status": "accepted", "referral_id": referral_id}, message)

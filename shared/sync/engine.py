@@ -1,28 +1,29 @@
 """The sync engine: make one referral <-> CRM record link consistent, now.
 
 The unit of work is a link, not an event: whatever message arrives (a webhook, a poll, a retry, a
-duplicate, an old one), the engine reads BOTH sides fresh, merges each field against the last
-synced snapshot (shared/sync/merge.py), writes only what changed to each side, and saves the new
-snapshot under the link row's ETag. So duplicate, late and out-of-order messages are harmless, and
+duplicate, an old one), the engine reads BOTH sides fresh through its ports (shared/sync/ports.py,
+shared/crm/port.py), asks the pure planner (shared/sync/plan.py) what to write to each side,
+carries the plan out, and saves the new snapshot under the link row's ETag. So duplicate, late and out-of-order messages are harmless, and
 our own writes coming back produce no diff (no ping-pong).
 
 Creates are idempotent: the CRM side by upsert on the referral id; the Partner Center side by a
 write-ahead `creating` link saved before the POST, and a lookup by `externalReferenceId` before
 any second POST.
 
-Errors: transient ones (throttling, 5xx, timeouts, ETag races that keep losing) raise, so the
-queue retries with back-off; permanent ones (data Partner Center or the CRM refuses) are written to
-the CRM record's audit and sync status and to the link, and are not retried.
+Errors (shared/sync/errors.py): transient ones (throttling, 5xx, timeouts, ETag races that keep
+losing) raise, so the queue retries with back-off; permanent ones (data Partner Center or the CRM
+refuses) are written to the CRM record's audit and sync status and to the link, and are not
+retried; those only an admin can fix (sign-in, permissions, schema) raise to the worker, which
+dead-letters them at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from shared.crm.port import (
@@ -35,25 +36,37 @@ from shared.crm.port import (
     RecordUpdate,
 )
 from shared.mapping import rules
-from shared.mapping.to_crm import creation_lifecycle, crm_account, crm_contacts, crm_solutions, record_update
+from shared.mapping.fields import BY_NAME, FIELDS, ReadContext, View, label, referral_link
+from shared.mapping.status import creation_lifecycle, normalised
+from shared.mapping.to_crm import crm_account, crm_contacts, crm_solutions, record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
-from shared.mapping.views import FIELD_LABELS, MICROSOFT_ORGANIZATION_ID, View, crm_view, referral_view
+from shared.mapping.views import crm_view, referral_view
 from shared.model.referral import Referral
 from shared.partner_center.client import (
-    PartnerCenterClient,
     PartnerCenterConflictError,
     PartnerCenterNotFoundError,
     PartnerCenterValidationError,
 )
 from shared.settings import Settings
-from shared.sync.merge import merge_fields
+from shared.sync.plan import (
+    CrmPlan,
+    Facts,
+    PartnerCenterPlan,
+    fingerprint,
+    mirror_columns,
+    next_snapshot,
+    plan_crm,
+    plan_outcome,
+    plan_partner_center,
+    snapshot,
+)
+from shared.sync.ports import LinkStore, PartnerCenterPort
 from shared.sync.queues import CrmChange, PartnerCenterChange
 from shared.sync.state import (
     AlreadyExistsError,
     ConcurrencyConflictError,
     Link,
     LinkState,
-    StateStore,
     link_id_for_crm,
     link_id_for_referral,
 )
@@ -70,8 +83,6 @@ CREATE_LOOKUP_MARGIN = dt.timedelta(minutes=10)
 CREATE_SETTLE_MARGIN = dt.timedelta(seconds=1)
 """Beyond the Partner Center HTTP timeout, how long a create that timed out may still take to land."""
 
-CLOSED_STATES = ("won", "lost", "declined", "expired")
-
 
 class SyncRetryError(Exception):
     """Worth retrying later (the queue does): both sides kept changing while we merged."""
@@ -81,17 +92,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _fingerprint(view: View) -> str:
-    return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 class SyncEngine:
     def __init__(
         self,
         *,
         settings: Settings,
-        state: StateStore,
-        partner_center: PartnerCenterClient,
+        state: LinkStore,
+        partner_center: PartnerCenterPort,
         crm: CrmPort,
         clock: Callable[[], dt.datetime] = _now,
         sleep: Callable[[float], None] = time.sleep,
@@ -102,8 +109,7 @@ class SyncEngine:
         self.crm = crm
         self.clock = clock
         self.sleep = sleep
-        self.pending_stage = settings.salesforce_pending_stage if crm.kind == "salesforce" else None
-        self.lead_has_name = crm.kind != "salesforce"  # a Salesforce lead's Company is the customer
+        self.capabilities = crm.capabilities
 
     # ---- entry points -------------------------------------------------------------------------------
     def handle(self, request: PartnerCenterChange | CrmChange) -> None:
@@ -120,7 +126,7 @@ class SyncEngine:
             log.warning("referral %s no longer exists in Partner Center; nothing to sync", referral_id)
             return
         related = None
-        if referral.organization_id == MICROSOFT_ORGANIZATION_ID:
+        if referral.is_microsoft_side:  # issue 12: the model knows both undocumented forms
             related, referral_or_none = referral, self._our_referral_of(referral)
             if referral_or_none is None:
                 log.info("Microsoft's referral %s belongs to no referral of ours; ignored", referral_id)
@@ -188,8 +194,8 @@ class SyncEngine:
             return None
         ours = [
             item
-            for item in self.pc.related_referrals(microsoft.engagement_id)
-            if item.organization_id != MICROSOFT_ORGANIZATION_ID
+            for item in self.pc.related_referrals(microsoft)  # issue 12: follows its links.relatedReferrals
+            if not item.is_microsoft_side
         ]
         linked = [item for item in ours if item.id and self.state.find_link_by_referral(item.id)]
         candidates = linked or ours
@@ -208,7 +214,7 @@ class SyncEngine:
         seller's edit to a field we do not map. Compares everything we map, children included
         (solutions and contact roles do not move the parent's modification stamp)."""
         seen = link.snapshot.get("crm_seen")
-        return seen is not None and seen == _fingerprint(self._crm_view(record))
+        return seen is not None and seen == fingerprint(self._crm_view(record))
 
     def _find_created_referral(self, crm_id: str, since: dt.datetime) -> Referral | None:
         """The referral an earlier attempt may have created for `crm_id` before failing.
@@ -216,100 +222,68 @@ class SyncEngine:
         `externalReferenceId` is not among the documented `$filter` fields (reference 1.2), so the
         lookup lists what changed since the intent (a documented filter) and matches locally."""
         for referral in self.pc.referrals_updated_since(since - CREATE_LOOKUP_MARGIN):
-            if referral.external_reference_id == crm_id and referral.organization_id != MICROSOFT_ORGANIZATION_ID:
+            if referral.external_reference_id == crm_id and not referral.is_microsoft_side:
                 return referral
         return None
 
-    def _crm_view(self, record: CrmRecord) -> View:
-        return crm_view(
-            record,
-            pending_stage=self.pending_stage,
+    def _context(self, related: Referral | None = None) -> ReadContext:
+        return ReadContext(
             accept_country_names=self.settings.accept_country_names,
-            lead_has_name=self.lead_has_name,
+            pending_stage=self.capabilities.pending_stage,
+            lead_has_name=self.capabilities.lead_has_name,
+            related=related,
         )
+
+    def _crm_view(self, record: CrmRecord) -> View:
+        return crm_view(record, self._context())
 
     def _link_url(self, referral: Referral) -> str:
-        return self.settings.pc_referral_link_template.format(
-            id=referral.id, engagement_id=referral.engagement_id or ""
-        )
+        return referral_link(referral, self.settings.pc_referral_link_template)
 
-    def _snapshot(self, pc: View, crm: View, seen: View, **extra: Any) -> dict[str, Any]:
-        """`pc` / `crm`: what each side said at this sync (the merge base); `seen`: the CRM record as
-        we left it, fingerprinted to recognise our own write when the poll brings it back."""
-        return {"pc": pc, "crm": crm, "crm_seen": _fingerprint(seen), **extra}
-
-    def _pc_only_fields(self, referral: Referral, pc: View, crm: View) -> dict[str, Any]:
-        """Partner Center -> CRM read-only fields that differ: they simply follow Partner Center."""
-        wanted = {
-            "referral_status": (pc.get("status_mirror"), crm.get("status_mirror")),
-            "engagement_id": (pc.get("engagement_id"), crm.get("engagement_id")),
-            "referral_link": (self._link_url(referral), crm.get("referral_link")),
-            "microsoft_crm_id": (pc.get("microsoft_crm_id"), crm.get("microsoft_crm_id")),
-        }
-        return {name: new for name, (new, old) in wanted.items() if new and new != old}
+    def _write_related(self, ref: CrmRef, changes: View, account_id: str | None) -> None:
+        """Write the fields kept in related rows (the registry says which): contact roles /
+        connections of an opportunity (a lead carries its contact itself), and solutions."""
+        for name, value in changes.items():
+            how = BY_NAME[name].crm_write
+            if how == "contacts" and ref.kind == "opportunity":
+                ids = [self.crm.find_or_create_contact(contact, account_id) for contact in crm_contacts(value)]
+                self.crm.set_contacts(ref, ids)
+            elif how == "solutions":
+                self.crm.set_solutions(ref, crm_solutions(value))
 
     # ---- Partner Center -> CRM: a new referral --------------------------------------------------------
     def _create_in_crm(self, referral: Referral, link: Link | None) -> None:
         assert referral.id is not None
         kind = rules.crm_object_for(referral)
-        link_id = link_id_for_referral(referral.id)
-        if kind == "lead" and self.settings.sync_cosell_only:
-            message = (
-                f"lead referral {referral.id} ({referral.name}) not synced: SYNC_COSELL_ONLY=true sends only "
-                "co-sell and pipeline referrals to the CRM"
+        skipped = self._not_for_the_crm(referral, kind, link)
+        if skipped is not None:
+            log.info(skipped)
+            self.state.append_audit(
+                link_id_for_referral(referral.id), direction="pc->crm", outcome="skipped", message=skipped
             )
-            log.info(message)
-            self.state.append_audit(link_id, direction="pc->crm", outcome="skipped", message=message)
-            return
-        if referral.is_closed and link is None:
-            message = f"referral {referral.id} was closed ({referral.substatus}) before it was ever synced; not created in the CRM"
-            log.info(message)
-            self.state.append_audit(link_id, direction="pc->crm", outcome="skipped", message=message)
             return
         if link is None:
-            try:
-                link = self.state.create_link(
-                    Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
-                )
-            except AlreadyExistsError:
-                link = self.state.get_link(link_id)
-                if link is None:
-                    raise SyncRetryError(f"link {link_id} vanished while being created") from None
-                if link.crm_id is not None:
-                    self._sync_link(link, referral=referral)
-                    return
+            link = self._claim_referral(referral, kind)
+            if link is None:
+                return
         pc = referral_view(referral)
         account_id = None
         if kind == "opportunity" and pc.get("customer"):
             account_id = self.crm.find_or_create_account(crm_account(pc["customer"]))
+        fields = {spec.name: pc[spec.name] for spec in FIELDS if spec.direction == "both" and spec.name in pc}
+        if kind == "lead" and not self.capabilities.lead_has_name:
+            fields.pop("name", None)  # the lead's company is the customer; it has no deal name
         values = record_update(
-            {
-                field: pc[field]
-                for field in (
-                    "name",
-                    "deal_value",
-                    "currency",
-                    "close_date",
-                    "notes",
-                    "help_needed",
-                    "visible",
-                    "customer",
-                    "contacts",
-                )
-                if field in pc and (field != "name" or kind == "opportunity" or self.lead_has_name)
-            },
+            fields,
             crm_object=kind,
             lifecycle=creation_lifecycle(pc["lifecycle"]),
             sync_enabled=True,
-            referral_link=self._link_url(referral),
-            engagement_id=referral.engagement_id,
-            referral_status=pc.get("status_mirror"),
+            **mirror_columns(pc, {}, self._link_url(referral)),
             **({"account_id": account_id} if account_id else {}),
-            **({"microsoft_crm_id": pc["microsoft_crm_id"]} if pc.get("microsoft_crm_id") else {}),
         )
         notes: list[str] = []
         if kind == "opportunity" and values.close_date is None:
-            # Salesforce requires a close date; Microsoft's referrals may not have one yet.
+            # An opportunity needs a close date (Salesforce requires one); Microsoft's referrals may not have one yet.
             default = (referral.expiration_date_time or self.clock() + dt.timedelta(days=90)).date()
             values = values.model_copy(update={"close_date": default})
             values.model_fields_set.add("close_date")
@@ -324,15 +298,40 @@ class SyncEngine:
             self.state.append_audit(link.link_id, direction="pc->crm", outcome="error", message=message)
             return
         ref = result.ref
-        if kind == "opportunity" and pc.get("contacts"):
-            ids = [self.crm.find_or_create_contact(contact, account_id) for contact in crm_contacts(pc["contacts"])]
-            self.crm.set_contacts(ref, ids)
-        if pc.get("solutions"):
-            self.crm.set_solutions(ref, crm_solutions(pc["solutions"]))
+        self._write_related(ref, {name: value for name, value in fields.items() if value}, account_id)
         line = f"Partner Center -> CRM: created from Partner Center referral {referral.id}"
         line = "; ".join([line, *notes])
         self._finish_linked(link, ref, referral, pc, line, direction="pc->crm")
         log.info("referral %s -> new CRM %s %s", referral.id, kind, ref.id)
+
+    def _not_for_the_crm(self, referral: Referral, kind: CrmObjectKind, link: Link | None) -> str | None:
+        """Why a new referral is not created in the CRM, if it is not."""
+        if kind == "lead" and self.settings.sync_cosell_only:
+            return (
+                f"lead referral {referral.id} ({referral.name}) not synced: SYNC_COSELL_ONLY=true sends only "
+                "co-sell and pipeline referrals to the CRM"
+            )
+        if referral.is_closed and link is None:
+            return f"referral {referral.id} was closed ({referral.substatus}) before it was ever synced; not created in the CRM"
+        return None
+
+    def _claim_referral(self, referral: Referral, kind: CrmObjectKind) -> Link | None:
+        """The write-ahead `creating` link of a new referral; None when another worker linked it
+        already (then it was synced here instead)."""
+        assert referral.id is not None
+        link_id = link_id_for_referral(referral.id)
+        try:
+            return self.state.create_link(
+                Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
+            )
+        except AlreadyExistsError:
+            link = self.state.get_link(link_id)
+        if link is None:
+            raise SyncRetryError(f"link {link_id} vanished while being created") from None
+        if link.crm_id is not None:
+            self._sync_link(link, referral=referral)
+            return None
+        return link
 
     def _adopt(self, record: CrmRecord, referral_id: str) -> None:
         """A CRM record that names its referral, but no link (state lost, or records made by
@@ -363,7 +362,7 @@ class SyncEngine:
             crm_id=record.ref.id,
             state="linked",
             pc_etag=referral.e_tag,
-            snapshot=self._snapshot(pc, crm, crm),
+            snapshot=snapshot(pc, crm, crm),
         )
         try:
             link = self.state.create_link(link)
@@ -383,37 +382,14 @@ class SyncEngine:
             self._refuse_new(record, link, "Not sent to Partner Center: " + "; ".join(problems))
             return
         retrying = link is not None and link.state == "creating"
+        link = self._write_ahead(ref, link)
         if link is None:
-            try:
-                link = self.state.create_link(
-                    Link(
-                        link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="creating"
-                    )
-                )
-            except AlreadyExistsError:
-                return  # another worker is on it; its result reaches the CRM
-        elif link.state != "creating":
-            link = self.state.save_link(link.model_copy(update={"state": "creating"}))  # the write-ahead intent
-        referral: Referral | None = None
-        if link.referral_id:
-            try:
-                referral = self.pc.get_referral(link.referral_id)
-            except PartnerCenterNotFoundError as gone:
-                self._unlink_missing(link, gone)
-                return
-        elif retrying:
-            # The earlier POST may still be on its way to Partner Center (its answer was lost, not
-            # necessarily the request): look only once it can no longer land unseen.
-            settle = dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
-            remaining = (link.updated_at + settle - self.clock()).total_seconds()
-            if remaining > 0:
-                log.info(
-                    "waiting %.1f s for an earlier create of %s %s to land before looking", remaining, ref.kind, ref.id
-                )
-                self.sleep(remaining)
-            referral = self._find_created_referral(ref.id, since=link.updated_at)
-            if referral is not None:
-                log.info("found referral %s created by an earlier attempt for %s %s", referral.id, ref.kind, ref.id)
+            return  # another worker is on it; its result reaches the CRM
+        try:
+            referral = self._referral_of_intent(link, retrying)
+        except PartnerCenterNotFoundError as gone:
+            self._unlink_missing(link, gone)
+            return
         if referral is None:
             body = new_referral(view, crm_record_id=ref.id, accept_country_names=self.settings.accept_country_names)
             try:
@@ -423,16 +399,50 @@ class SyncEngine:
                 return
         link = self.state.save_link(link.model_copy(update={"referral_id": referral.id}))
         pc = referral_view(referral)
-        write_back = self._pc_only_fields(referral, pc, view)
+        write_back = mirror_columns(pc, view, self._link_url(referral))
         write_back["referral_id"] = referral.id
-        if pc.get("visible") and not view.get("visible"):
-            write_back["visible_to_microsoft"] = True  # co-sell is always shared with Microsoft sellers
+        visible = BY_NAME["visible"]
+        if pc.get("visible") and not view.get("visible") and visible.crm_columns is not None:
+            write_back.update(visible.crm_columns(True, ref.kind))  # co-sell is always shared with Microsoft sellers
         self.crm.update_fields(ref, RecordUpdate(**write_back))
         line = f"CRM -> Partner Center: created Partner Center referral {referral.id}"
         link, fresh = self._finish_linked(link, ref, referral, pc, line, direction="crm->pc")
         log.info("%s %s -> new referral %s", ref.kind, ref.id, referral.id)
         # A deal synced when already closed: the status rules close the referral right away.
         self._sync_link(link, referral=referral, record=fresh)
+
+    def _write_ahead(self, ref: CrmRef, link: Link | None) -> Link | None:
+        """The `creating` intent saved before any POST; None when another worker holds it."""
+        if link is None:
+            try:
+                return self.state.create_link(
+                    Link(
+                        link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="creating"
+                    )
+                )
+            except AlreadyExistsError:
+                return None
+        if link.state != "creating":
+            return self.state.save_link(link.model_copy(update={"state": "creating"}))
+        return link
+
+    def _referral_of_intent(self, link: Link, retrying: bool) -> Referral | None:
+        """The referral this intent already has, or one an earlier attempt may have created."""
+        if link.referral_id:
+            return self.pc.get_referral(link.referral_id)
+        if not retrying or link.crm_id is None:
+            return None
+        # The earlier POST may still be on its way to Partner Center (its answer was lost, not
+        # necessarily the request): look only once it can no longer land unseen.
+        settle = dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
+        remaining = (link.updated_at + settle - self.clock()).total_seconds()
+        if remaining > 0:
+            log.info("waiting %.1f s for an earlier create of %s to land before looking", remaining, link.link_id)
+            self.sleep(remaining)
+        referral = self._find_created_referral(link.crm_id, since=link.updated_at)
+        if referral is not None:
+            log.info("found referral %s created by an earlier attempt for %s", referral.id, link.link_id)
+        return referral
 
     def _refuse_new(self, record: CrmRecord, link: Link | None, message: str) -> None:
         """A record that cannot become a referral yet: say why on the record, remember we said it."""
@@ -465,7 +475,7 @@ class SyncEngine:
         if ref is not None:
             self.crm.set_sync_result(ref, "Error", self.clock(), audit_line=message)
             fresh = self.crm.read(ref)
-            update["snapshot"] = {**link.snapshot, "crm_seen": _fingerprint(self._crm_view(fresh))}
+            update["snapshot"] = {**link.snapshot, "crm_seen": fingerprint(self._crm_view(fresh))}
         self._save(link.model_copy(update=update))
         self.state.append_audit(link.link_id, direction=direction, outcome="error", message=message)
 
@@ -527,165 +537,109 @@ class SyncEngine:
         self._record_error(link, message, direction="both", ref=ref, state="error")
 
     def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
-        assert referral.id is not None
-        ref = record.ref
-        pc = referral_view(referral, related=related)
+        """Plan (shared/sync/plan.py), then carry the plan out: patch Partner Center, write the CRM,
+        say what happened on the record and in the audit, save the new snapshot."""
+        pc = referral_view(referral, self._context(related))
         crm = self._crm_view(record)
-        base_pc: View = link.snapshot.get("pc") or {}
-        base_crm: View = link.snapshot.get("crm") or {}
-        merged = merge_fields(
-            pc, crm, base_pc, base_crm, pc_modified_at=referral.updated_date_time, crm_modified_at=record.modified_at
-        )
-        notes = [*merged.notes, *(conflict.describe() for conflict in merged.conflicts)]
-        status, status_note = rules.partner_center_status_change(pc, crm, base_crm)
-        if status_note:
-            notes.append(status_note)
-        to_pc = dict(merged.to_pc)
-        unsent: set[str] = set()  # CRM changes not sent now: their base stays, so they go later
-        held: dict[str, Any] = dict(link.snapshot.get("held") or {})
-        error: str | None = None
-
-        if pc["lifecycle"] in CLOSED_STATES:
-            crm_moved = crm.get("lifecycle") != base_crm.get("lifecycle") or crm.get("response") != base_crm.get(
-                "response"
-            )
-            if to_pc or crm_moved:
-                notes.append(
-                    f"the referral is closed in Partner Center ({referral.substatus}); CRM changes are not sent"
-                )
-            to_pc, status = {}, None
-        elif pc["lifecycle"] == "pending" and (status is None or status.status == "Closed"):
-            if to_pc:
-                waiting = {name: crm[name] for name in to_pc}
-                if waiting != held:
-                    notes.append(
-                        "edits to "
-                        + ", ".join(FIELD_LABELS[name] for name in to_pc)
-                        + " wait until the referral is accepted (it is pending in Partner Center)"
-                    )
-                held = waiting
-                unsent |= set(to_pc)
-            to_pc = {}
-        else:
-            held = {}
-
-        if to_pc or status:
-            projected = {**pc, **to_pc}
-            if "currency" not in crm:
-                projected.pop("currency", None)  # a single-currency CRM cannot be asked to choose one
-            problems = rules.partner_center_problems(projected, accept_country_names=self.settings.accept_country_names)
-            if problems:
-                error = "Not sent to Partner Center: " + "; ".join(problems)
-
-        updated = referral
-        sent: list[str] = []
-        if (to_pc or status) and error is None:
-            operations = patch_operations(
-                referral, to_pc, status, accept_country_names=self.settings.accept_country_names
-            )
-            try:
-                answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag)
-            except PartnerCenterValidationError as refused:
-                error = f"Partner Center refused the update: {refused}"
-            else:
-                updated = answer or self.pc.get_referral(referral.id)
-                sent = [FIELD_LABELS[name] for name in to_pc] + ([f"status ({status.label})"] if status else [])
-        if error is not None:
-            unsent |= set(to_pc)
-            if status is not None:
-                unsent |= {"lifecycle", "response"}  # the stage move still asks for it next time
-            to_pc, status = {}, None
-
-        pc_after = referral_view(updated, related=related) if updated is not referral else pc
-        converted_to = record.stage.converted_opportunity_id if crm.get("lifecycle") == "qualified" else None
-        if ref.kind == "lead" and converted_to and error is None:
+        base_pc, base_crm = normalised(link.snapshot.get("pc") or {}), normalised(link.snapshot.get("crm") or {})
+        facts = self._facts(link, referral, record)
+        pc_plan = plan_partner_center(pc, crm, base_pc, base_crm, dict(link.snapshot.get("held") or {}), facts)
+        pc_plan = self._without_fields_partner_center_keeps(referral, pc_plan)  # issue 12
+        updated, pc_plan = self._patch_partner_center(referral, pc_plan)
+        pc_after = referral_view(updated, self._context(related)) if updated is not referral else pc
+        crm_plan = plan_crm(pc_after, crm, base_pc, pc_plan, facts)
+        if crm_plan.follow_opportunity is not None:
             # A converted lead is read-only in both CRMs: the referral moves on to the opportunity.
-            self._follow_conversion(link, updated, converted_to, sent)
+            self._follow_conversion(link, updated, crm_plan.follow_opportunity, pc_plan.sent_labels())
             return
-        crm_written = self._write_crm(
-            ref, referral=updated, pc=pc_after, crm=crm, base_pc=base_pc, changes=merged.to_crm
-        )
-
-        parts: list[str] = []
-        if sent:
-            parts.append("CRM -> Partner Center: updated " + ", ".join(sent))
-        if crm_written:
-            parts.append("Partner Center -> CRM: updated " + ", ".join(crm_written))
-        parts.extend(notes)
-        if error:
-            parts.append(error)
+        crm_written = self._write_crm(record.ref, crm_plan)
+        outcome = plan_outcome(pc_plan, crm_written, facts)
         fresh = record
-        repeated_error = error is not None and error == link.last_error and not (sent or crm_written or notes)
-        was_error = record.connector.sync_status == "Error"
-        if (parts and not repeated_error) or (error is None and was_error):
-            self.crm.set_sync_result(
-                ref, "Error" if error else "Synced", self.clock(), audit_line="; ".join(parts) or None
-            )
-            fresh = self.crm.read(ref)
+        if outcome.sync_result is not None:
+            self.crm.set_sync_result(record.ref, outcome.sync_result, self.clock(), audit_line=outcome.line or None)
+            fresh = self.crm.read(record.ref)
         elif crm_written:
-            fresh = self.crm.read(ref)
-
-        fresh_view = self._crm_view(fresh)
-        new_base_crm = dict(fresh_view)
-        for name in unsent:
-            if name in base_crm:
-                new_base_crm[name] = base_crm[name]
-            else:
-                new_base_crm.pop(name, None)
-        snapshot = self._snapshot(pc_after, new_base_crm, fresh_view, **({"held": held} if held else {}))
-        if snapshot != link.snapshot or updated.e_tag != link.pc_etag or (error or None) != link.last_error:
+            fresh = self.crm.read(record.ref)
+        error = pc_plan.error
+        new_snapshot = next_snapshot(pc_after, self._crm_view(fresh), base_crm, pc_plan)
+        if new_snapshot != link.snapshot or updated.e_tag != link.pc_etag or error != link.last_error:
+            wrote = bool(pc_plan.sent_labels() or crm_written)
             link = self._save(
                 link.model_copy(
                     update={
-                        "snapshot": snapshot,
+                        "snapshot": new_snapshot,
                         "pc_etag": updated.e_tag,
                         "last_error": error,
                         "status": "error" if error else "synced",
-                        "last_synced_at": self.clock() if (sent or crm_written) else link.last_synced_at,
+                        "last_synced_at": self.clock() if wrote else link.last_synced_at,
                     }
                 )
             )
-        if parts:
-            outcome = "error" if error else ("conflict" if merged.conflicts else "synced")
-            direction = "both" if sent and crm_written else ("crm->pc" if sent or error else "pc->crm")
-            self.state.append_audit(link.link_id, direction=direction, outcome=outcome, message="; ".join(parts))
-            log.info("link %s: %s", link.link_id, "; ".join(parts))
+        if outcome.parts:
+            self.state.append_audit(
+                link.link_id, direction=outcome.audit_direction, outcome=outcome.audit_outcome, message=outcome.line
+            )
+            log.info("link %s: %s", link.link_id, outcome.line)
 
-    def _write_crm(
-        self, ref: CrmRef, *, referral: Referral, pc: View, crm: View, base_pc: View, changes: View
-    ) -> list[str]:
-        """Write Partner Center's changes (and status) to the CRM record; returns what was written."""
-        extra: dict[str, Any] = self._pc_only_fields(referral, pc, crm)
-        lifecycle = rules.crm_lifecycle_for(
-            pc, crm, crm_object=ref.kind, has_pending_stage=self.pending_stage is not None
+    def _facts(self, link: Link, referral: Referral, record: CrmRecord) -> Facts:
+        return Facts(
+            crm_object=record.ref.kind,
+            pc_substatus=referral.substatus,
+            pc_modified_at=referral.updated_date_time,
+            crm_modified_at=record.modified_at,
+            converted_opportunity_id=(
+                record.stage.converted_opportunity_id if self.capabilities.converts_leads else None
+            ),
+            crm_sync_status=record.connector.sync_status,
+            last_error=link.last_error,
+            referral_link=self._link_url(referral),
+            has_pending_stage=self.capabilities.pending_stage is not None,
+            accept_country_names=self.settings.accept_country_names,
         )
-        if base_pc.get("lifecycle") == pc.get("lifecycle"):
-            # Only a status change in Partner Center moves the CRM stage: a referral closed long ago
-            # does not re-close a record a seller reopened, and an outgoing (already accepted)
-            # referral does not push the seller's early-stage opportunity on.
-            lifecycle = None
-        if lifecycle is not None:
-            extra["lifecycle"] = lifecycle
-        if not changes and not extra:
-            return []
-        if ref.kind == "opportunity" and changes.get("customer"):
-            extra["account_id"] = self.crm.find_or_create_account(crm_account(changes["customer"]))
-        update = record_update(changes, crm_object=ref.kind, **extra)
-        self.crm.update_fields(ref, update)
-        if ref.kind == "opportunity" and "contacts" in changes:
-            account_id = extra.get("account_id") or None
-            ids = [
-                self.crm.find_or_create_contact(contact, account_id) for contact in crm_contacts(changes["contacts"])
-            ]
-            self.crm.set_contacts(ref, ids)
-        if "solutions" in changes:
-            self.crm.set_solutions(ref, crm_solutions(changes["solutions"]))
-        written = [FIELD_LABELS[name] for name in changes]
-        if "lifecycle" in extra or "referral_status" in extra:
-            written.append("status")
-        if "microsoft_crm_id" in extra:
-            written.append("Microsoft CRM id")
-        return written
+
+    def _without_fields_partner_center_keeps(self, referral: Referral, plan: PartnerCenterPlan) -> PartnerCenterPlan:
+        """issue 12: a change Partner Center takes no PATCH for (the contract's paths) is not sent; the
+        audit says Partner Center keeps its own value once, and since the field does not join `unsent`
+        the CRM value becomes the merge base, so the change is not offered again.
+        (Ideally the planner asks the contract before its checks; until then this runs after them.)"""
+        if not plan.sends:
+            return plan
+        _, kept = patch_operations(
+            referral, plan.to_pc, plan.status, accept_country_names=self.settings.accept_country_names
+        )
+        if not kept:
+            return plan
+        labels = ", ".join(label(name) for name in kept)
+        note = f"Partner Center keeps its own {labels}: it does not accept changes to it after creation"
+        to_pc = {name: value for name, value in plan.to_pc.items() if name not in kept}
+        return replace(plan, to_pc=to_pc, notes=(*plan.notes, note))
+
+    def _patch_partner_center(self, referral: Referral, plan: PartnerCenterPlan) -> tuple[Referral, PartnerCenterPlan]:
+        """Send the planned patch under the referral's ETag (a 412 propagates: the merge runs again).
+        Returns the referral as Partner Center now has it, and the plan as it turned out."""
+        assert referral.id is not None
+        if not plan.sends:
+            return referral, plan
+        operations, _ = patch_operations(
+            referral, plan.to_pc, plan.status, accept_country_names=self.settings.accept_country_names
+        )
+        try:
+            answer = self.pc.update_referral(referral.id, operations, etag=referral.e_tag)
+        except PartnerCenterValidationError as refused:
+            return referral, plan.refused(f"Partner Center refused the update: {refused}")
+        return answer or self.pc.get_referral(referral.id), plan
+
+    def _write_crm(self, ref: CrmRef, plan: CrmPlan) -> tuple[str, ...]:
+        """Write Partner Center's changes (and status) to the CRM record; returns what the audit says was written."""
+        if not plan.writes:
+            return ()
+        columns = dict(plan.columns)
+        account_id = None
+        if ref.kind == "opportunity" and plan.changes.get("customer"):
+            account_id = columns["account_id"] = self.crm.find_or_create_account(crm_account(plan.changes["customer"]))
+        self.crm.update_fields(ref, record_update(plan.changes, crm_object=ref.kind, **columns))
+        self._write_related(ref, plan.changes, account_id)
+        return plan.labels
 
     def _follow_conversion(self, link: Link, referral: Referral, opportunity_id: str, sent: list[str]) -> Link:
         """A qualified lead became an opportunity: the referral's link moves to it (SPEC 1.3)."""
@@ -694,18 +648,14 @@ class SyncEngine:
         opportunity = CrmRef(kind="opportunity", id=opportunity_id)
         pc = referral_view(referral)
         update = record_update(
-            {field: pc[field] for field in ("help_needed", "visible") if field in pc},
+            {spec.name: pc[spec.name] for spec in FIELDS if spec.connector_column and spec.name in pc},
             crm_object="opportunity",
             sync_enabled=True,
             referral_id=referral.id,
-            referral_link=self._link_url(referral),
-            engagement_id=referral.engagement_id,
-            referral_status=pc.get("status_mirror"),
-            **({"microsoft_crm_id": pc["microsoft_crm_id"]} if pc.get("microsoft_crm_id") else {}),
+            **mirror_columns(pc, {}, self._link_url(referral)),
         )
         self.crm.update_fields(opportunity, update)
-        if pc.get("solutions"):
-            self.crm.set_solutions(opportunity, crm_solutions(pc["solutions"]))
+        self._write_related(opportunity, {"solutions": pc["solutions"]} if pc.get("solutions") else {}, None)
         line = (
             f"Partner Center -> CRM: lead {lead_id} was qualified; referral {referral.id} now follows this opportunity"
         )
@@ -730,7 +680,7 @@ class SyncEngine:
                 "last_error": None,
                 "pc_etag": referral.e_tag,
                 "last_synced_at": self.clock(),
-                "snapshot": self._snapshot(pc, view, view),
+                "snapshot": snapshot(pc, view, view),
             }
         )
         saved = self._save(linked)

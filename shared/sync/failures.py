@@ -3,6 +3,9 @@
 The Functions runtime moves a message to `<queue>-poison` after maxDequeueCount failures without
 saying why. Recording the error of each attempt lets the poison handler's dead letter carry the
 reason, so an admin sees "Salesforce said REQUEST_LIMIT_EXCEEDED", not just "failed 5 times".
+
+An error no retry can fix (NeedsAdmin, shared/sync/errors.py: a revoked sign-in, a missing
+permission) is dead-lettered at once with what the admin must do, instead of using up the deliveries.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from shared import telemetry
+from shared.sync.errors import ErrorKind, classify
 from shared.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -26,11 +30,19 @@ def run_recording_failures(
     payload: str,
     dequeue_count: int,
     handler: Callable[[], Result],
-) -> Result:
-    """Run `handler`; on an exception, record it against the message and re-raise for a retry."""
+) -> Result | None:
+    """Run `handler`; on an exception, record it against the message and re-raise for a retry,
+    or, when only an admin can fix it, dead-letter the message now (returns None)."""
     try:
         return handler()
     except Exception as error:
+        classified = classify(error)
+        if classified.kind is ErrorKind.NEEDS_ADMIN:
+            letter = state.record_dead_letter(
+                queue=queue, payload=payload, dequeue_count=dequeue_count, reason=classified.reason
+            )
+            log.error("dead letter %s from %s at once: %s", letter.id, queue, classified.reason)
+            return None
         log.warning("message on %s failed on attempt %d: %s", queue, dequeue_count, error)
         try:
             state.record_failure(queue, payload, f"{type(error).__name__}: {error}", dequeue_count)

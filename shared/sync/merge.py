@@ -18,8 +18,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.mapping.rules import asks_microsoft_for_help
-from shared.mapping.views import CRM_TO_PC_FIELDS, FIELD_LABELS, TWO_WAY_FIELDS, View, same_value
+from shared.mapping.fields import FieldSpec, View, label, merged_fields
 
 Side = Literal["pc", "crm"]
 
@@ -34,7 +33,7 @@ class Conflict:
     def describe(self) -> str:
         kept = "Partner Center" if self.winner == "pc" else "CRM"
         return (
-            f"conflict on {FIELD_LABELS[self.field]}: Partner Center {_shown(self.pc_value)} vs CRM "
+            f"conflict on {label(self.field)}: Partner Center {_shown(self.pc_value)} vs CRM "
             f"{_shown(self.crm_value)}; kept the {kept} value (changed later, ties go to Partner Center)"
         )
 
@@ -71,12 +70,13 @@ def merge_fields(
     crm_modified_at: dt.datetime | None,
 ) -> FieldMerge:
     result = FieldMerge()
-    for name in (*TWO_WAY_FIELDS, *CRM_TO_PC_FIELDS):
-        pc_changed = name not in CRM_TO_PC_FIELDS and _changed(pc, base_pc, name)
+    for spec in merged_fields():
+        name = spec.name
+        pc_changed = spec.direction == "both" and _changed(pc, base_pc, name)
         crm_changed = _changed(crm, base_crm, name)
         if not (pc_changed or crm_changed):
             continue
-        if name in pc and name in crm and same_value(name, pc[name], crm[name]):
+        if name in pc and name in crm and spec.same(pc[name], crm[name]):
             continue
         winner: Side = "pc" if pc_changed else "crm"
         if pc_changed and crm_changed:
@@ -87,7 +87,7 @@ def merge_fields(
             if name in crm:  # a CRM without the field (single-currency org) cannot take it
                 result.to_crm[name] = pc[name]
             continue
-        refusal = _one_way_refusal(name, pc, crm)
+        refusal = _one_way_refusal(spec, pc, crm)
         if refusal:
             result.notes.append(refusal)
             result.to_crm[name] = pc[name]  # put the CRM back to what Partner Center keeps
@@ -96,10 +96,8 @@ def merge_fields(
     return result
 
 
-def _one_way_refusal(name: str, pc: View, crm: View) -> str | None:
+def _one_way_refusal(spec: FieldSpec, pc: View, crm: View) -> str | None:
     """Partner Center upgrades that cannot be undone (reference 1.5): visibility and co-sell."""
-    if name == "visible" and pc.get("visible") and not crm.get("visible"):
-        return "visibility to Microsoft sellers cannot be turned off once the referral is shared; kept visible"
-    if name == "help_needed" and asks_microsoft_for_help(pc) and not asks_microsoft_for_help(crm):
-        return "a co-sell referral cannot go back to not asking Microsoft for help; kept the help request"
-    return None
+    if spec.keep_one_way is None:
+        return None
+    return spec.keep_one_way(pc.get(spec.name), crm.get(spec.name))

@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -196,8 +196,9 @@ class FailureNote(BaseModel):
 class StateStore:
     """All sync state. Thread-safe; table clients are built and tables created on first use."""
 
-    def __init__(self, storage: StorageAccount) -> None:
+    def __init__(self, storage: StorageAccount, *, clock: Callable[[], dt.datetime] = _now) -> None:
         self._storage = storage
+        self._clock = clock
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -219,6 +220,8 @@ class StateStore:
         """Insert a new link (and its index rows); `AlreadyExistsError` if the id is taken."""
         from azure.core.exceptions import ResourceExistsError
 
+        now = self._clock()
+        link = link.model_copy(update={"created_at": now, "updated_at": now})
         entity = link._entity()
         try:
             metadata = self._table(LINKS_TABLE).create_entity(entity)
@@ -248,7 +251,7 @@ class StateStore:
                 "save_link needs a link read from the store (it has no ETag); use create_link for new ones"
             )
         previous = self.get_link(link.link_id)
-        updated = link.model_copy(update={"updated_at": _now()})
+        updated = link.model_copy(update={"updated_at": self._clock()})
         try:
             metadata = self._table(LINKS_TABLE).update_entity(
                 updated._entity(),
@@ -340,7 +343,7 @@ class StateStore:
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        now = _now()
+        now = self._clock()
         entity = {
             "PartitionKey": "watermark",
             "RowKey": _check_key(name, "watermark name"),
@@ -361,7 +364,7 @@ class StateStore:
 
     # ---- audit ---------------------------------------------------------------------------------
     def append_audit(self, link_id: str, *, direction: str, outcome: str, message: str) -> AuditEntry:
-        moment = _now()
+        moment = self._clock()
         self._table(AUDIT_TABLE).create_entity(
             {
                 "PartitionKey": _check_key(link_id, "link id"),
@@ -411,7 +414,7 @@ class StateStore:
                 "RowKey": self._payload_key(queue, payload),
                 "Error": error[:_CHUNK],
                 "DequeueCount": dequeue_count,
-                "Time": _now(),
+                "Time": self._clock(),
             },
             mode=UpdateMode.REPLACE,
         )
@@ -435,7 +438,7 @@ class StateStore:
         note = self.last_failure(queue, payload)
         explained = reason or (note.error if note else None)
         explained = explained or "no error was recorded for this message (it may have timed out or crashed the worker)"
-        moment = _now()
+        moment = self._clock()
         letter = DeadLetter(
             id=_inverted_time_key(moment),
             queue=queue,
@@ -483,7 +486,7 @@ class StateStore:
         from azure.data.tables import UpdateMode
 
         self._table(DEADLETTERS_TABLE).update_entity(
-            {"PartitionKey": "deadletter", "RowKey": letter_id, "ReplayedAt": _now()}, mode=UpdateMode.MERGE
+            {"PartitionKey": "deadletter", "RowKey": letter_id, "ReplayedAt": self._clock()}, mode=UpdateMode.MERGE
         )
 
     def count_dead_letters(self, *, include_replayed: bool = False) -> int:

@@ -54,18 +54,23 @@ def process(
     ) as span:
         started = dt.datetime.now(dt.UTC)
         try:
-            run_recording_failures(
+            handled = run_recording_failures(
                 state(),
                 queue=SYNC_QUEUE,
                 payload=payload,
                 dequeue_count=dequeue_count,
-                handler=lambda: engine().handle(request),
+                handler=lambda: _handle(engine(), request),
             )
         except Exception as error:
             result = {telemetry.OUTCOME: "retry", telemetry.ERROR_REASON: type(error).__name__}
             span.set_attributes(result)
             log.warning("sync %s: retry (%s)", _subject(request), type(error).__name__, extra={**attributes, **result})
             raise
+        if handled is None:  # only an admin can fix it: dead-lettered at once (shared/sync/failures.py)
+            result = {telemetry.OUTCOME: "dead_letter", telemetry.ERROR_REASON: "needs an admin"}
+            span.set_attributes(result)
+            log.error("sync %s: dead letter (needs an admin)", _subject(request), extra={**attributes, **result})
+            return
         result = _result(state(), request, started)
         span.set_attributes(result)
         outcome = result[telemetry.OUTCOME]
@@ -76,6 +81,11 @@ def process(
             outcome,
             extra={**attributes, **result},
         )
+
+
+def _handle(engine: SyncEngine, request: PartnerCenterChange | CrmChange) -> bool:
+    engine.handle(request)
+    return True  # told apart from run_recording_failures' None for a message dead-lettered at once
 
 
 def _subject(request: PartnerCenterChange | CrmChange) -> str:

@@ -423,14 +423,29 @@ def test_throttling_is_retried_after_retry_after(crm: DynamicsCrm, dataverse: Da
 def test_throttling_that_persists_is_transient(settings: Settings, dataverse: DataverseSimulator) -> None:
     waits: list[float] = []
     crm = DynamicsCrm(settings, http=DataverseHttp(settings, max_retries=2, sleep=waits.append))
-    dataverse.add_fault(Fault(method="GET", path_prefix="/api/data/v9.2/accounts", status=429, retry_after=7, count=3))
+    dataverse.add_fault(Fault(method="GET", path_prefix="/api/data/v9.2/accounts", status=429, retry_after=1, count=3))
 
     with pytest.raises(CrmTransientError) as raised:
         crm.find_or_create_account(CrmAccount(name="Busy"))
 
-    assert waits == [7.0, 7.0]
-    assert raised.value.retry_after_seconds == 7.0
+    assert waits == [1.0, 1.0]  # retried within the budget, after Retry-After each time
+    assert raised.value.retry_after_seconds == 1.0
     assert "0x80072322" in str(raised.value)
+    crm.http.close()
+
+
+def test_a_wait_longer_than_the_retry_budget_goes_back_to_the_queue_at_once(
+    settings: Settings, dataverse: DataverseSimulator
+) -> None:
+    waits: list[float] = []
+    crm = DynamicsCrm(settings, http=DataverseHttp(settings, sleep=waits.append))
+    dataverse.add_fault(Fault(method="GET", path_prefix="/api/data/v9.2/accounts", status=429, retry_after=7, count=1))
+
+    with pytest.raises(CrmTransientError) as raised:
+        crm.find_or_create_account(CrmAccount(name="Busy"))
+
+    assert waits == []  # not slept through in-process: the queue retries the sync after the wait
+    assert raised.value.retry_after_seconds == 7.0
     crm.http.close()
 
 

@@ -144,3 +144,9 @@ def test_the_module_runs_as_a_command() -> None:
         check=False,
     )
     assert result.returncode == 0 and "doctor" in result.stdout
+
+
+def test_fields_reference_is_the_table_generated_from_the_field_registry(tmp_path: Path) -> None:
+    from shared.mapping.fields import reference_table
+
+    assert run("fields-reference", tmp_path=tmp_path) == (0, reference_table())

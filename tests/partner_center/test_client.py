@@ -17,11 +17,13 @@ from shared.partner_center.client import (
     ApiTransport,
     PartnerCenterClient,
     PartnerCenterConflictError,
+    PartnerCenterMfaRequiredError,
     PartnerCenterUnavailableError,
     PartnerCenterValidationError,
-    odata_string,
 )
-from tests.partner_center.test_partner_center_simulator import create_request
+from shared.partner_center.contract import contract
+from tests.partner_center.conftest import delegated_token
+from tests.partner_center.wire import create_request, edit
 
 PC_SCOPE = "https://api.partner.microsoft.com/.default"
 
@@ -87,19 +89,34 @@ def test_filter_by_updated_date_time(client: PartnerCenterClient, pc_server: Run
     since = dt.datetime.now(dt.UTC)
     changed = [seeded[1]["id"], seeded[3]["id"]]
     for referral_id in changed:
-        client.update_referral(referral_id, [{"op": "replace", "path": "/details/notes", "value": "edited"}])
+        client.update_referral(referral_id, [edit("/details/notes", "edited")])
     recent = list(client.referrals_updated_since(since))
     assert [referral.id for referral in recent] == changed
     assert all(referral.updated_date_time and referral.updated_date_time >= since for referral in recent)
 
 
-def test_related_referrals_escape_the_engagement_id(
+def test_related_referrals_follow_the_link_as_given(
     client: PartnerCenterClient, pc_server: RunningServer, ca_bundle: str
 ) -> None:
-    control(pc_server, ca_bundle, "referrals", [{**create_request(), "engagementId": "e-1"}, create_request()])
-    assert [referral.engagement_id for referral in client.related_referrals("e-1")] == ["e-1"]
-    assert client.related_referrals("x' or status eq 'Active") == []
-    assert odata_string("O'Brien & Co") == "'O''Brien & Co'"
+    engagement = "3f2b8c1d-5e6a-4b7c-9d8e-0a1b2c3d4e5f"
+    seeded = control(
+        pc_server, ca_bundle, "referrals", [{**create_request(), "engagementId": engagement}] * 2 + [create_request()]
+    ).json()["value"]
+    ours = Referral.model_validate(seeded[0])
+    assert ours.links and ours.links.related_referrals and ours.links.related_referrals.uri
+    assert f"engagementId eq {engagement}" in ours.links.related_referrals.uri  # unquoted, as real payloads
+    related = client.related_referrals(ours)
+    assert sorted(item.id or "" for item in related) == sorted(item["id"] for item in seeded[:2])
+    # Without a link: the same unquoted filter, built from the contract.
+    bare = Referral.model_validate({"id": ours.id, "engagementId": engagement})
+    assert len(client.related_referrals(bare)) == 2
+    with pytest.raises(ValueError):
+        client.related_referrals(Referral.model_validate({"id": "x", "engagementId": "x' or status eq 'Active"}))
+    # A link to another host is not followed with our token.
+    elsewhere = Referral.model_validate(
+        {**seeded[0], "links": {"relatedReferrals": {"uri": "https://elsewhere.example/referrals", "method": "GET"}}}
+    )
+    assert len(client.related_referrals(elsewhere)) == 2
 
 
 def test_json_patch_update_and_stale_etag(client: PartnerCenterClient, partner_center: PartnerCenterSimulator) -> None:
@@ -108,9 +125,9 @@ def test_json_patch_update_and_stale_etag(client: PartnerCenterClient, partner_c
     updated = client.update_referral(
         created.id,
         [
-            PatchOperation(op="replace", path="/details/dealValue", value=95000),
-            {"op": "replace", "path": "/status", "value": "Closed"},
-            {"op": "replace", "path": "/substatus", "value": "Won"},
+            PatchOperation.model_validate(edit("/details/dealValue", 95000)),
+            edit("/status", "Closed"),
+            edit("/substatus", "Won"),
         ],
         etag=created.e_tag,
     )
@@ -121,28 +138,29 @@ def test_json_patch_update_and_stale_etag(client: PartnerCenterClient, partner_c
     assert stored["details"]["dealValue"] == 95000 and stored["eTag"] == updated.e_tag
 
     with pytest.raises(PartnerCenterConflictError) as conflict:
-        client.update_referral(created.id, [{"op": "replace", "path": "/name", "value": "x"}], etag=created.e_tag)
+        client.update_referral(created.id, [edit("/details/notes", "x")], etag=created.e_tag)
     assert conflict.value.status == 412 and conflict.value.code == "preconditionFailed"
 
     with pytest.raises(PartnerCenterValidationError) as closed:
-        client.update_referral(created.id, [{"op": "replace", "path": "/name", "value": "x"}])
+        client.update_referral(created.id, [edit("/details/notes", "x")])
     assert closed.value.code == "invalidRequest"
 
     with pytest.raises(pydantic.ValidationError):  # PC accepts only add/replace: refused before sending
-        client.update_referral(created.id, [{"op": "remove", "path": "/name", "value": None}])
+        client.update_referral(
+            created.id, [{"op": "remove", "path": "/details/notes", "value": None}]
+        )  # deliberately invalid
 
     other = client.create_referral(create_request())
     assert other.id
-    no_content = client.update_referral(
-        other.id, [{"op": "add", "path": "/tags/-", "value": "t"}], return_representation=False
-    )
+    member = {"email": "new.seller@partner.example", "firstName": "New", "lastName": "Seller"}
+    no_content = client.update_referral(other.id, [edit("/team/-", member, op="add")], return_representation=False)
     assert no_content is None
-    assert partner_center.referrals[other.id]["tags"] == ["t"]
+    assert partner_center.referrals[other.id]["team"][-1] == member
 
 
 def test_create_validation_error_keeps_code_and_target(client: PartnerCenterClient) -> None:
     request = create_request()
-    request["customerProfile"]["address"]["country"] = "Germany"
+    request["customerProfile"]["address"]["country"] = "Germany"  # deliberately invalid
     with pytest.raises(PartnerCenterValidationError) as refused:
         client.create_referral(request)
     assert refused.value.code == "invalidRequest"
@@ -185,3 +203,28 @@ def test_create_is_not_retried_after_a_500(
     with pytest.raises(PartnerCenterUnavailableError):
         client.create_referral(create_request())
     assert sleeps == []
+
+
+def test_nested_inner_error_codes_and_the_mfa_error(
+    client: PartnerCenterClient,
+    pc_server: RunningServer,
+    identity_server: RunningServer,
+    identity: object,
+    ca_bundle: str,
+) -> None:
+    httpx.post(
+        f"{identity_server.url}/_sandbox/settings", json={"sign_in_mfa": False}, verify=tls_context(ca_bundle)
+    ).raise_for_status()
+    without_mfa = delegated_token(identity_server.url, PC_SCOPE, ca_bundle)
+    transport = ApiTransport(
+        base_url=f"{pc_server.url}/v1.0/engagements",
+        scope=PC_SCOPE,
+        token_provider=lambda scope: without_mfa,
+        verify=tls_context(ca_bundle),
+    )
+    with pytest.raises(PartnerCenterMfaRequiredError) as refused:
+        list(PartnerCenterClient(transport).list_referrals())
+    transport.close()
+    assert refused.value.status == 401
+    assert refused.value.codes == ("unauthenticated", contract().mfa_error_code)
+    assert "MFA" in str(refused.value) and "partner-center login" in str(refused.value)

@@ -24,6 +24,7 @@ from shared import bootstrap
 from shared.admin.cli import main
 from shared.http import tls_context
 from shared.partner_center.auth import PartnerCenterAuth
+from shared.partner_center.client import PartnerCenterMfaRequiredError
 from shared.partner_center.registration import WEBHOOK_EVENTS
 from shared.partner_center.token_store import TokenCacheStore
 from shared.settings import load_settings
@@ -94,6 +95,7 @@ def test_login_then_register_webhook_then_status(
     code, printed = run(tmp_path, "status")
     assert code == 1, printed  # signed in, but nothing registered yet
     assert f"signed in as {credentials.PC_ADMIN_USER}" in printed and "refresh token healthy" in printed
+    assert "✔ the sign-in carries an MFA claim" in printed
     assert "no webhook registered" in printed
 
     code, printed = run(tmp_path, "register-webhook", "--url", OUR_URL)
@@ -181,6 +183,45 @@ def test_status_shows_a_failed_refresh(
     assert "last refresh FAILED" in printed and "AADSTS700082" in printed and "partner-center login" in printed
 
 
+def test_a_sign_in_without_mfa_is_a_health_problem_that_says_how_to_fix_it(
+    pc_environment: dict[str, str], identity_server: RunningServer, ca_bundle: str, tmp_path: Path
+) -> None:
+    httpx.post(
+        f"{identity_server.url}/_sandbox/settings", json={"sign_in_mfa": False}, verify=tls_context(ca_bundle)
+    ).raise_for_status()
+    assert run(tmp_path, "login")[0] == 0
+
+    code, printed = run(tmp_path, "status")
+
+    assert code == 1
+    assert "✖ the Partner Center sign-in carries no MFA claim" in printed and "900421" in printed
+    assert "partner-center login" in printed and "multi-factor authentication" in printed
+    summary = PartnerCenterAuth.from_settings(load_settings()).health_summary()
+    assert summary["mfa"] is False and summary["healthy"] is False and "900421" in summary["mfa_problem"]
+
+
+def test_an_mfa_refusal_by_partner_center_is_kept_for_the_health_page(
+    pc_environment: dict[str, str],
+    identity_server: RunningServer,
+    pc_server: RunningServer,
+    ca_bundle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PC_API_BASE_URL", f"{pc_server.url}/v1.0/engagements")
+    bootstrap.reset()
+    httpx.post(
+        f"{identity_server.url}/_sandbox/settings", json={"sign_in_mfa": False}, verify=tls_context(ca_bundle)
+    ).raise_for_status()
+    assert run(tmp_path, "login")[0] == 0
+    client = bootstrap.partner_center()  # wired to the stored sign-in as the app is
+    with pytest.raises(PartnerCenterMfaRequiredError):
+        list(client.list_referrals())
+    summary = bootstrap.partner_center_auth().health_summary()
+    assert summary["healthy"] is False
+    assert summary["last_refresh_error"] and "900421" in summary["last_refresh_error"]
+
+
 # ---- the admin endpoint on the local Functions host -----------------------------------------------
 @pytest.fixture
 def host(pc_environment: dict[str, str]) -> Iterator[LocalHost]:
@@ -225,6 +266,6 @@ def test_admin_endpoint_needs_a_key_validates_the_body_and_registers_with_a_deli
     )
     assert result["after"]["url"].endswith("/api/partner-center/events?code=***")
     assert result["test"]["delivered"] is True
-    assert result["test"]["attempts"][-1]["response_code"] == 200  # our own intake took the signed test event
+    assert result["test"]["attempts"][-1]["response_code"] == "OK"  # our own intake took the signed test event
     assert credentials.FUNCTION_KEY not in response.text
     assert partner_center.state()["registration"]["WebhookUrl"] == callback

@@ -65,3 +65,33 @@ def test_webhook_envelope_is_case_insensitive() -> None:
         {"eventName": "referral-updated", "resourceUri": "https://h/engagements/v1/referrals/abc-1", "AuditUrl": None}
     )
     assert event.is_referral_event and event.referral_id() == "abc-1"
+
+
+def test_a_us_state_is_read_from_region_as_real_payloads_carry_it() -> None:
+    real = Referral.model_validate(
+        {"customerProfile": {"address": {"city": "Redmond", "state": None, "region": "WA", "country": "US"}}}
+    )
+    assert real.customer_profile and real.customer_profile.address
+    assert real.customer_profile.address.state == "WA" and real.customer_profile.address.region == "WA"
+    documented = Referral.model_validate({"customerProfile": {"address": {"state": "CA", "region": "Americas"}}})
+    assert documented.customer_profile and documented.customer_profile.address
+    assert documented.customer_profile.address.state == "CA"  # `state` wins when both are there
+
+
+def test_tags_are_read_as_objects_or_as_text() -> None:
+    assert Referral.model_validate({"tags": [{"tag": "azure"}, "sap"]}).tags == ["azure", "sap"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "microsoft"),
+    [
+        ({"organizationId": "msft"}, True),
+        ({"organizationId": "5b1f", "target": [{"type": "BusinessProfileLocation", "id": "msft"}]}, True),
+        ({"organizationId": "5b1f", "inviteContext": {"invitedBy": {"organizationId": "msft"}}}, False),
+        ({"organizationId": "5b1f", "target": [{"type": "SolutionProfile", "id": "msft"}]}, False),
+    ],
+)
+def test_microsofts_own_referral_is_recognised_in_both_undocumented_forms(
+    fields: dict[str, object], microsoft: bool
+) -> None:
+    assert Referral.model_validate(fields).is_microsoft_side is microsoft

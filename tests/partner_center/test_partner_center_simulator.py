@@ -19,6 +19,8 @@ from cryptography.x509.oid import NameOID
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared.http import tls_context
+from shared.partner_center.contract import contract
+from tests.partner_center.wire import create_request, edit, member_edit, shared_by_microsoft
 from tests.waiting import wait_until
 
 # Copies of reference/examples (hand-made in the documented wire shapes).
@@ -27,28 +29,6 @@ EXAMPLES = Path(__file__).parent / "examples"
 
 def example(name: str) -> Any:
     return json.loads((EXAMPLES / name).read_text())
-
-
-def create_request() -> dict[str, Any]:
-    return {
-        "name": "Tailspin Toys - data platform",
-        "externalReferenceId": "0065g00000AbCdEAAR",
-        "type": "Shared",
-        "qualification": "SalesQualified",
-        "customerProfile": {
-            "name": "Tailspin Toys B.V.",
-            "address": {"addressLine1": "Oudegracht 1", "city": "Utrecht", "postalCode": "3511 AB", "country": "NL"},
-            "team": [{"firstName": "Sanne", "lastName": "de Vries", "email": "sanne@tailspin.example"}],
-        },
-        "consent": {"consentToShareReferralWithMicrosoftSellers": True},
-        "details": {
-            "dealValue": 91000,
-            "currency": "EUR",
-            "closingDateTime": "2027-05-31T00:00:00Z",
-            "requirements": {"solutions": [{"id": "SOL-5678-EFGH", "name": "Contoso Lakehouse Accelerator"}]},
-        },
-        "inviteContext": {"assistanceRequestCode": "ProofOfConceptOrDemo"},
-    }
 
 
 @pytest.fixture
@@ -81,18 +61,24 @@ def test_create_get_and_documented_validation(api: httpx.Client) -> None:
     fetched = api.get(f"/referrals/{body['id']}").json()
     assert fetched == body
 
-    bad_country = copy.deepcopy(create_request())
-    bad_country["customerProfile"]["address"]["country"] = "Netherlands"
+    bad_country = create_request()
+    bad_country["customerProfile"]["address"]["country"] = "Netherlands"  # deliberately invalid
     refused = api.post("/referrals", json=bad_country)
     assert refused.status_code == 400
     assert refused.json() == example("errors.json")["partner_center_400_country"]["body"]
 
-    no_contact = copy.deepcopy(create_request())
-    no_contact["customerProfile"]["team"] = []
+    no_contact = create_request(contacts=[])
     assert api.post("/referrals", json=no_contact).json()["error"]["target"] == "customerProfile.team"
     no_solution = copy.deepcopy(create_request())
     no_solution["details"]["requirements"]["solutions"] = [{"name": "no id"}]
     assert api.post("/referrals", json=no_solution).json()["error"]["message"] == "Solution ID is required."
+    no_intent = copy.deepcopy(create_request())
+    del no_intent["details"]["requirements"]["additionalRequirements"]
+    refused_intent = api.post("/referrals", json=no_intent)
+    assert refused_intent.status_code == 400
+    assert refused_intent.json()["error"]["target"] == "details.requirements.additionalRequirements"
+    no_consent = {key: value for key, value in create_request().items() if key != "consent"}
+    assert api.post("/referrals", json=no_consent).json()["error"]["target"] == "consent"
 
     missing = api.get("/referrals/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "itemNotFound"
@@ -102,17 +88,18 @@ def test_patch_if_match_prefer_and_transitions(api: httpx.Client) -> None:
     referral = api.post("/referrals", json=create_request()).json()
     path = f"/referrals/{referral['id']}"
 
-    no_body = api.patch(path, json=example("referral-patch-update.json"), headers={"If-Match": referral["eTag"]})
+    update = [edit("/details/dealValue", 95000), edit("/details/closingDateTime", "2027-06-30T00:00:00Z")]
+    no_body = api.patch(path, json=update, headers={"If-Match": referral["eTag"]})
     assert no_body.status_code == 204 and no_body.content == b""
     assert no_body.headers["ETag"] != referral["eTag"]
 
-    stale = api.patch(path, json=example("referral-patch-update.json"), headers={"If-Match": referral["eTag"]})
+    stale = api.patch(path, json=update, headers={"If-Match": referral["eTag"]})
     assert stale.status_code == 412
     assert stale.json() == example("errors.json")["partner_center_412"]["body"]
 
     updated = api.patch(
         path,
-        json=[{"op": "replace", "path": "/details/notes", "value": "new notes"}],
+        json=[edit("/details/notes", "new notes")],
         headers={"Prefer": "return=representation"},
     )
     assert updated.status_code == 200
@@ -120,27 +107,22 @@ def test_patch_if_match_prefer_and_transitions(api: httpx.Client) -> None:
     assert updated.json()["details"]["dealValue"] == 95000
     assert updated.json()["updatedDateTime"] > referral["updatedDateTime"]
 
-    remove = api.patch(path, json=[{"op": "remove", "path": "/details/notes"}])
+    remove = api.patch(path, json=[{"op": "remove", "path": "/details/notes"}])  # deliberately outside the contract
     assert remove.status_code == 400 and remove.json()["error"]["code"] == "invalidRequest"
 
-    back_to_new = api.patch(path, json=[{"op": "replace", "path": "/status", "value": "New"}])
+    back_to_new = api.patch(path, json=[edit("/status", "New")])
     assert back_to_new.status_code == 400
 
-    hide = api.patch(
-        path, json=[{"op": "replace", "path": "/consent/consentToShareReferralWithMicrosoftSellers", "value": False}]
-    )
+    hide = api.patch(path, json=[edit("/consent/consentToShareReferralWithMicrosoftSellers", False)])
     assert hide.status_code == 400
 
     won = api.patch(
         path,
-        json=[
-            {"op": "replace", "path": "/status", "value": "Closed"},
-            {"op": "replace", "path": "/substatus", "value": "Won"},
-        ],
+        json=[edit("/status", "Closed"), edit("/substatus", "Won")],
         headers={"Prefer": "return=representation"},
     )
     assert won.status_code == 200 and won.json()["closedDateTime"]
-    terminal = api.patch(path, json=[{"op": "replace", "path": "/details/notes", "value": "too late"}])
+    terminal = api.patch(path, json=[edit("/details/notes", "too late")])
     assert terminal.status_code == 400 and "closed" in terminal.json()["error"]["message"]
 
 
@@ -205,9 +187,9 @@ def test_registration_is_one_per_tenant(registration_api: httpx.Client, partner_
     assert registration_api.get("/registration").status_code == 404
     body = {"WebhookUrl": "https://example.test/api/partner-center/events", "WebhookEvents": ["referral-created"]}
     created = registration_api.post("/registration", json=body)
-    assert created.status_code == 201 and created.json()["WebhookUrl"] == body["WebhookUrl"]
+    assert created.status_code == 200 and created.json()["WebhookUrl"] == body["WebhookUrl"]  # [L-wh]: 200
     again = registration_api.post("/registration", json=body)
-    assert again.status_code == 409 and "description" in again.json()
+    assert again.status_code == 400 and "description" in again.json()
     replaced = registration_api.put(
         "/registration", json={"webhookUrl": "https://other.test/x", "webhookEvents": ["test-created"]}
     )
@@ -281,18 +263,16 @@ def test_signed_delivery_with_retries_and_drop(
     public_key.verify(base64.b64decode(signature), delivered.body, padding.PKCS1v15(), hashes.SHA256())
     state = partner_center.state()["deliveries"][0]
     wait_until(lambda: partner_center.state()["deliveries"][0]["status"] == "delivered", timeout=5, what="delivered")
-    assert [attempt["responseCode"] for attempt in partner_center.state()["deliveries"][0]["attempts"]] == [
-        500,
-        503,
-        200,
-    ]
+    attempts = partner_center.state()["deliveries"][0]["attempts"]
+    assert [attempt["httpStatus"] for attempt in attempts] == [500, 503, 200]
+    assert [attempt["responseCode"] for attempt in attempts] == ["InternalServerError", "ServiceUnavailable", "OK"]
     assert state["event"] == "referral-created"
 
     dropped_before = len(receiver.received)
     httpx.post(
         f"{partner_center.base_url}/_sandbox/webhooks/drop", json={"count": 1}, verify=tls_context(ca_bundle)
     ).raise_for_status()
-    api.patch(f"/referrals/{referral['id']}", json=[{"op": "replace", "path": "/details/notes", "value": "x"}])
+    api.patch(f"/referrals/{referral['id']}", json=[edit("/details/notes", "x")])
     assert partner_center.state()["deliveries"][-1]["status"] == "dropped"
     assert len(receiver.received) == dropped_before
 
@@ -321,20 +301,24 @@ def test_incoming_referral_and_as_microsoft(
     verify = tls_context(ca_bundle)
     incoming = httpx.post(
         f"{pc_server.url}/_sandbox/incoming-referral",
-        json={"name": "Fabrikam ERP", "customerProfile": {"name": "Fabrikam"}},
+        json=shared_by_microsoft({"name": "Fabrikam ERP", "customerProfile": {"name": "Fabrikam"}}),
         verify=verify,
     ).json()
     assert incoming["direction"] == "Incoming" and incoming["substatus"] == "Pending"
     assert incoming["inviteContext"]["invitedBy"]["organizationId"] == "msft"
     result = httpx.post(
         f"{pc_server.url}/_sandbox/referrals/{incoming['id']}/as-microsoft",
-        json=[{"op": "replace", "path": "/trackingInfo/microsoftMsxId", "value": "7-ABC"}],
+        json=[member_edit("/trackingInfo/microsoftMsxId", "7-ABC")],
         verify=verify,
     ).json()
     assert result["partner"]["trackingInfo"]["microsoftMsxId"] == "7-ABC"
     assert result["microsoft"]["engagementId"] == incoming["engagementId"]
-    related = api.get("/referrals", params={"$filter": f"engagementId eq '{incoming['engagementId']}'"}).json()
-    assert related["@odata.count"] == 2
+    # The link as real payloads carry it (id unquoted), and the quoted form of older docs: both work.
+    link = incoming["links"]["relatedReferrals"]["uri"]
+    assert link.endswith(f"?$filter=engagementId eq {incoming['engagementId']}")
+    assert api.get(link).json()["@odata.count"] == 2
+    quoted = api.get("/referrals", params={"$filter": f"engagementId eq '{incoming['engagementId']}'"}).json()
+    assert quoted["@odata.count"] == 2
     wait_until(lambda: len(receiver.received) >= 3, timeout=10, what="three events")
     names = sorted(json.loads(request.body)["EventName"] for request in receiver.received)
     assert names == ["referral-created", "referral-updated", "related-referral-created"]
@@ -353,5 +337,106 @@ def test_validation_event_round_trip(
         timeout=10,
         what="validation result",
     )
-    assert result["results"][0]["responseCode"] == 200 and result["status"] == "completed"
+    # As Microsoft's sample: the status by name and systemError a boolean.
+    assert result["results"][0]["responseCode"] == "OK" and result["results"][0]["systemError"] is False
+    assert result["status"] == "completed"
     assert json.loads(receiver.received[0].body)["EventName"] == "test-created"
+
+
+def test_a_patch_on_an_unlisted_path_is_refused_whole(
+    api: httpx.Client, partner_center: PartnerCenterSimulator
+) -> None:
+    referral = api.post("/referrals", json=create_request()).json()
+    path = f"/referrals/{referral['id']}"
+    # Deliberately outside the contract: the name is not patchable after creation.
+    refused = api.patch(
+        path,
+        json=[edit("/status", "Closed"), edit("/substatus", "Won"), {"op": "replace", "path": "/name", "value": "x"}],
+    )
+    status, code, message = contract().refused_path_error("/name")
+    assert refused.status_code == status
+    assert refused.json()["error"] == {"code": code, "message": message, "target": "/name"}
+    assert partner_center.referrals[referral["id"]]["status"] == "Active"  # the status change went nowhere
+    for unlisted in (
+        "/customerProfile/name",
+        "/customerProfile/address",
+        "/inviteContext/assistanceRequestCode",
+        "/details",
+    ):
+        assert api.patch(path, json=[{"op": "replace", "path": unlisted, "value": "x"}]).status_code == 400
+    # Learn's sample sends dealValue as text; the definition says number: both are taken, stored as a number.
+    as_text = api.patch(path, json=[edit("/details/dealValue", "10000")], headers={"Prefer": "return=representation"})
+    assert as_text.status_code == 200 and as_text.json()["details"]["dealValue"] == 10000
+
+
+def test_answers_carry_every_member_the_definition_lists(api: httpx.Client) -> None:
+    referral = api.post("/referrals", json=create_request()).json()
+
+    def missing(template: Any, answer: Any, where: str = "") -> list[str]:
+        if not isinstance(template, dict):
+            return []
+        gaps = [f"{where}/{key}" for key in template if not isinstance(answer, dict) or key not in answer]
+        for key, inner in template.items():
+            if isinstance(answer, dict) and key in answer:
+                gaps += missing(inner, answer[key], f"{where}/{key}")
+        return gaps
+
+    assert missing(contract().referral_members(), referral) == []
+    assert referral["campaignId"] is None and referral["trackingInfo"]["microsoftMsxId"] is None
+    listed = api.get("/referrals").json()["value"][0]
+    assert missing(contract().referral_members(), listed) == []
+
+
+def test_list_options_top_skip_count_select_expand(
+    api: httpx.Client, partner_center: PartnerCenterSimulator, ca_bundle: str
+) -> None:
+    httpx.post(
+        f"{partner_center.base_url}/_sandbox/referrals",
+        json=[{**create_request(), "name": f"deal {n:02}"} for n in range(12)],
+        verify=tls_context(ca_bundle),
+    ).raise_for_status()
+    ordered = {"$orderby": "createdDateTime asc"}
+    page = api.get("/referrals", params={**ordered, "$skip": "3", "$top": "4"}).json()
+    assert [item["name"] for item in page["value"]] == ["deal 03", "deal 04", "deal 05", "deal 06"]
+    assert page["@odata.count"] == 12  # OData: the count ignores $top and $skip
+    assert "@odata.count" not in api.get("/referrals", params={"$count": "false"}).json()
+    assert api.get("/referrals", params={"$count": "maybe"}).status_code == 400
+    selected = api.get("/referrals", params={"$select": "id,name", "$top": "1"}).json()["value"][0]
+    assert set(selected) == {"id", "name"}
+    assert api.get("/referrals", params={"$select": "nope"}).status_code == 400
+    expand = api.get("/referrals", params={"$expand": "team"})
+    assert expand.status_code == 400 and expand.json()["error"]["target"] == "$expand"
+    assert api.get("/referrals", params={"$skip": "-1"}).status_code == 400
+    assert api.get("/referrals", params={"$search": "x"}).status_code == 400
+
+
+def test_user_calls_without_mfa_get_error_900421(
+    api: httpx.Client, identity_server: RunningServer, identity: Any, ca_bundle: str
+) -> None:
+    from tests.partner_center.conftest import delegated_token
+
+    verify = tls_context(ca_bundle)
+    httpx.post(
+        f"{identity_server.url}/_sandbox/settings", json={"sign_in_mfa": False}, verify=verify
+    ).raise_for_status()
+    without_mfa = delegated_token(identity_server.url, "https://api.partner.microsoft.com/.default", ca_bundle)
+    refused = api.get("/referrals", headers={"Authorization": f"Bearer {without_mfa}"})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["innerError"]["code"] == contract().mfa_error_code
+    assert api.get("/referrals").status_code == 200  # the fixture's sign-in completed MFA
+
+
+def test_the_signing_certificate_comes_through_an_intermediate(
+    api: httpx.Client, partner_center: PartnerCenterSimulator, ca_bundle: str
+) -> None:
+    verify = tls_context(ca_bundle)
+    leaf = x509.load_der_x509_certificate(httpx.get(partner_center.certificate_url, verify=verify).content)
+    access = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    issuer_url = next(item.access_location.value for item in access)
+    intermediate = x509.load_der_x509_certificate(httpx.get(issuer_url, verify=verify).content)
+    root = x509.load_pem_x509_certificate(Path(ca_bundle).read_bytes())
+    leaf.verify_directly_issued_by(intermediate)
+    intermediate.verify_directly_issued_by(root)
+    assert intermediate.subject != root.subject
+    assert intermediate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert leaf.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Microsoft Corporation"

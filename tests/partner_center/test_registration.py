@@ -13,9 +13,10 @@ from sandbox.host import LocalHost
 from sandbox.partner_center import PartnerCenterSimulator
 from sandbox.server import RunningServer
 from shared.http import tls_context
-from shared.partner_center.client import PartnerCenterUnavailableError
+from shared.partner_center.client import PartnerCenterAuthError, PartnerCenterUnavailableError
 from shared.partner_center.registration import (
     WEBHOOK_EVENTS,
+    DeliveryAttempt,
     WebhookRegistrar,
     handle_registration_request,
     redact_url,
@@ -187,7 +188,7 @@ def test_send_test_reports_delivery_to_the_running_host(
     result = registrar.ensure(callback, send_test=True, test_timeout_seconds=20, poll_seconds=0.1)
 
     assert result.test is not None and result.test.delivered and result.ok
-    assert result.test.attempts[-1].response_code == 200  # the intake answers test-created with 200
+    assert result.test.attempts[-1].response_code == "OK"  # the intake answers test-created with 200 ("OK")
     recorded = partner_center.state()["validation_events"]
     assert [event["correlationId"] for event in recorded] == [result.test.correlation_id]
     assert "delivered" in result.test.describe()
@@ -211,8 +212,8 @@ def test_send_test_reports_a_refused_delivery(
 
     assert result.test is not None and not result.test.delivered and not result.ok
     assert result.test.status == "parked"  # the simulator's final status after max_attempts
-    assert [attempt.response_code for attempt in result.test.attempts] == [401, 401]
-    assert "NOT delivered" in result.test.describe() and "HTTP 401" in result.test.describe()
+    assert [attempt.response_code for attempt in result.test.attempts] == ["Unauthorized", "Unauthorized"]
+    assert "NOT delivered" in result.test.describe() and "Unauthorized" in result.test.describe()
 
 
 def test_the_validation_event_limit_is_reported_without_waiting(
@@ -256,3 +257,34 @@ def test_admin_request_body_errors_name_the_field() -> None:
         assert status == 400, body
         assert answer["error"]["code"] == "invalidRequest"
         assert answer["error"].get("target", "") == field, (body, answer)
+
+
+@pytest.mark.parametrize(
+    ("wire", "delivered", "shown"),
+    [
+        ({"responseCode": "OK", "responseMessage": "", "systemError": False}, True, "OK"),  # Microsoft's sample
+        ({"responseCode": "Accepted", "systemError": False}, True, "Accepted"),
+        ({"responseCode": 200, "responseMessage": "OK", "systemError": None}, True, "HTTP 200 OK"),  # older text
+        ({"responseCode": "Unauthorized", "systemError": False}, False, "Unauthorized"),
+        ({"responseCode": 0, "systemError": "ConnectError: refused"}, False, "no response (ConnectError: refused)"),
+        ({"responseCode": "", "responseMessage": "timed out", "systemError": True}, False, "no response (timed out)"),
+    ],
+)
+def test_validation_results_are_read_in_both_shapes(wire: dict[str, object], delivered: bool, shown: str) -> None:
+    attempt = DeliveryAttempt.from_wire(wire)
+    assert attempt.succeeded is delivered
+    assert attempt.describe() == shown
+
+
+def test_a_403_names_the_roles_the_webhook_api_asks_for(
+    registrar: WebhookRegistrar, pc_server: RunningServer, ca_bundle: str
+) -> None:
+    httpx.post(
+        f"{pc_server.url}/_sandbox/faults",
+        json={"path_prefix": "/webhooks/v1/registration", "status": 403, "count": 1},
+        verify=tls_context(ca_bundle),
+    ).raise_for_status()
+    with pytest.raises(PartnerCenterAuthError) as refused:
+        registrar.current()
+    assert refused.value.status == 403
+    assert "Admin agent" in str(refused.value) and "Referrals Admin" in str(refused.value)

@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from shared.backfill.preview import Preview, preview_sync
-from shared.crm.port import ConnectorFields, CrmAccount, CrmRecord, CrmRef
+from shared.crm.port import ConnectorFields, CrmAccount, CrmCapabilities, CrmRecord, CrmRef
+from shared.mapping.fields import ReadContext
 from shared.mapping.views import crm_view, referral_view
 from shared.model.referral import Referral
 from shared.settings import Settings, load_settings
@@ -17,6 +18,7 @@ from tests.conftest import base_environment
 from tests.unit.test_mapping import REFERRAL, record
 
 SETTINGS: Settings = load_settings(base_environment("UseDevelopmentStorage=true"))
+SALESFORCE = CrmCapabilities(pending_stage="Prospecting", lead_has_name=False)
 EARLY = dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.UTC)
 
 
@@ -26,7 +28,7 @@ def referral(**overrides: Any) -> Referral:
 
 def linked(pc: Referral, crm: CrmRecord) -> Link:
     """A link whose last sync saw exactly these two."""
-    crm_base = crm_view(crm, pending_stage="Prospecting", accept_country_names=False)
+    crm_base = crm_view(crm, ReadContext(pending_stage="Prospecting", lead_has_name=False))
     return Link(
         link_id="pc-r-1",
         referral_id="r-1",
@@ -38,7 +40,7 @@ def linked(pc: Referral, crm: CrmRecord) -> Link:
 
 
 def preview(pc: Referral | None, crm: CrmRecord | None, link: Link | None, **flags: bool) -> Preview:
-    return preview_sync(SETTINGS, "salesforce", referral=pc, record=crm, link=link, **flags)
+    return preview_sync(SETTINGS, SALESFORCE, referral=pc, record=crm, link=link, **flags)
 
 
 def actions(result: Preview) -> dict[str, str]:

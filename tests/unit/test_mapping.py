@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,11 +17,14 @@ from shared.crm.port import (
     CrmSolution,
     StageFacts,
 )
-from shared.mapping.rules import ACCEPT, crm_object_for
+from shared.mapping.fields import ReadContext, decimal_text
+from shared.mapping.rules import crm_object_for
+from shared.mapping.status import ACCEPT
 from shared.mapping.to_crm import record_update
 from shared.mapping.to_partner_center import new_referral, patch_operations
-from shared.mapping.views import crm_view, decimal_text, referral_view, same_value
+from shared.mapping.views import crm_view, referral_view, same_value
 from shared.model.referral import Referral
+from shared.partner_center.contract import contract
 
 REFERRAL: dict[str, Any] = {
     "id": "r-1",
@@ -79,7 +84,7 @@ def test_microsofts_related_referral_supplies_the_msx_id() -> None:
     ours = Referral.model_validate({**REFERRAL, "trackingInfo": None})
     microsoft = Referral.model_validate({"id": "m-1", "trackingInfo": {"microsoftMsxId": "MSX-42"}})
     assert "microsoft_crm_id" not in referral_view(ours)
-    assert referral_view(ours, related=microsoft)["microsoft_crm_id"] == "MSX-42"
+    assert referral_view(ours, ReadContext(related=microsoft))["microsoft_crm_id"] == "MSX-42"
 
 
 def record(**overrides: Any) -> CrmRecord:
@@ -102,7 +107,7 @@ def record(**overrides: Any) -> CrmRecord:
 
 
 def test_crm_view_matches_the_referral_view_for_the_same_facts() -> None:
-    crm = crm_view(record(), pending_stage="Prospecting", accept_country_names=True)
+    crm = crm_view(record(), ReadContext(pending_stage="Prospecting", accept_country_names=True))
     pc = referral_view(Referral.model_validate(REFERRAL))
     assert crm["deal_value"] == pc["deal_value"] == "120000"
     assert crm["customer"]["country"] == "DE"  # "Germany" read as DE because names are accepted
@@ -114,13 +119,15 @@ def test_crm_view_matches_the_referral_view_for_the_same_facts() -> None:
 
 
 def test_country_text_is_kept_as_typed_when_names_are_not_accepted() -> None:
-    crm = crm_view(record(), pending_stage=None, accept_country_names=False)
+    crm = crm_view(record(), ReadContext(pending_stage=None, accept_country_names=False))
     assert crm["customer"]["country"] == "Germany"
-    assert crm["lifecycle"] == "open"  # no pending stage (Dynamics 365)
+    assert crm["lifecycle"] == "active"  # no pending stage (Dynamics 365)
 
 
 def test_a_single_currency_org_has_no_currency_key() -> None:
-    assert "currency" not in crm_view(record(currency=None), pending_stage=None, accept_country_names=False)
+    assert "currency" not in crm_view(
+        record(currency=None), ReadContext(pending_stage=None, accept_country_names=False)
+    )
 
 
 def test_decimal_text_is_canonical() -> None:
@@ -128,49 +135,94 @@ def test_decimal_text_is_canonical() -> None:
     assert decimal_text("99.50") == "99.5"
 
 
+def _as_sent(operations: list[Any]) -> list[dict[str, Any]]:
+    return [operation.model_dump(mode="json") for operation in operations]
+
+
 def test_patch_replaces_existing_members_and_adds_missing_ones() -> None:
+    terms = contract()
     referral = Referral.model_validate({**REFERRAL, "details": {"dealValue": 5}, "inviteContext": None})
-    operations = patch_operations(
-        referral,
-        {"deal_value": "7.5", "notes": "new", "help_needed": "QuotesOrLicensing", "name": "Renamed"},
-        ACCEPT,
-        accept_country_names=False,
+    operations, kept = patch_operations(
+        referral, {"deal_value": "7.5", "notes": "new", "visible": True}, ACCEPT, accept_country_names=False
     )
-    as_tuples = [(op.op, op.path, op.value) for op in operations]
-    assert ("replace", "/details/dealValue", 7.5) in as_tuples
-    assert ("add", "/details/notes", "new") in as_tuples
-    assert ("add", "/inviteContext", {"assistanceRequestCode": "QuotesOrLicensing"}) in as_tuples
-    assert ("replace", "/name", "Renamed") in as_tuples
-    assert ("replace", "/status", "Active") in as_tuples and ("replace", "/substatus", "Accepted") in as_tuples
-    # asking Microsoft for help makes the referral visible to Microsoft sellers
-    assert ("replace", "/consent/consentToShareReferralWithMicrosoftSellers", True) in as_tuples
-
-
-def test_patch_of_a_customer_sends_the_name_and_the_address_with_an_iso_country() -> None:
-    referral = Referral.model_validate(REFERRAL)
-    customer = {
-        "name": "Contoso GmbH",
-        "street": "2 Side St",
-        "city": "Munich",
-        "postal_code": "80331",
-        "country": "Germany",
-    }
-    operations = patch_operations(referral, {"customer": customer}, None, accept_country_names=True)
-    assert [(op.path, op.value) for op in operations] == [
-        ("/customerProfile/name", "Contoso GmbH"),
-        (
-            "/customerProfile/address",
-            {"addressLine1": "2 Side St", "city": "Munich", "postalCode": "80331", "country": "DE"},
-        ),
+    assert kept == []
+    assert _as_sent(operations) == [
+        terms.patch_operation("/details/dealValue", 7.5),
+        terms.patch_operation("/details/notes", "new", op="add"),
+        terms.patch_operation("/consent/consentToShareReferralWithMicrosoftSellers", True),
+        terms.patch_operation("/status", "Active"),
+        terms.patch_operation("/substatus", "Accepted"),
     ]
 
 
+def test_fields_partner_center_does_not_patch_are_left_out_and_named() -> None:
+    referral = Referral.model_validate(REFERRAL)
+    changes = {"name": "Renamed", "help_needed": "QuotesOrLicensing", "notes": "new", "customer": {"name": "Other"}}
+    operations, kept = patch_operations(referral, changes, None, accept_country_names=False)
+    assert kept == ["name", "help_needed", "customer"]
+    assert _as_sent(operations) == [contract().patch_operation("/details/notes", "new")]
+    # Every path we send is one the contract lists (the simulator refuses any other).
+    assert all(contract().is_patchable(operation.path) for operation in operations)
+
+
+def test_an_address_change_sends_only_changed_parts_and_only_if_the_contract_allows_it() -> None:
+    referral = Referral.model_validate(
+        {
+            **REFERRAL,
+            "customerProfile": {
+                "name": "Contoso",
+                "address": {
+                    "addressLine1": "1 Main St",
+                    "addressLine2": "Floor 2",
+                    "city": "Seattle",
+                    "region": "WA",
+                    "state": None,
+                    "postalCode": "98101",
+                    "country": "US",
+                },
+            },
+        }
+    )
+    view = referral_view(referral)
+    assert view["customer"]["state"] == "WA"  # a US state is read from `region` as well as `state`
+    moved = {**view["customer"], "city": "Redmond"}
+    patchable = {*contract().patch_paths, "/customerProfile/address/city"}
+    with _patch_paths(patchable):
+        operations, kept = patch_operations(referral, {"customer": moved}, None, accept_country_names=False)
+    paths = [operation.path for operation in operations]
+    assert "/customerProfile/address/city" in paths
+    assert not any(path.endswith(("/region", "/addressLine2", "/state", "/address")) for path in paths)
+    # With the published contract (no address path), nothing of the customer is patched.
+    operations, kept = patch_operations(referral, {"customer": moved}, None, accept_country_names=False)
+    assert operations == [] and kept == ["customer"]
+
+
+@contextlib.contextmanager
+def _patch_paths(paths: set[str]) -> Iterator[None]:
+    """The contract with other patchable paths (as an admin's edited contract.json would give)."""
+    terms = contract()
+    original = list(terms.data["patch"]["paths"])
+    terms.data["patch"]["paths"] = sorted(paths)
+    try:
+        yield
+    finally:
+        terms.data["patch"]["paths"] = original
+
+
 def test_new_referral_body_for_a_co_sell() -> None:
-    view = crm_view(record(), pending_stage=None, accept_country_names=True)
+    view = crm_view(record(), ReadContext(pending_stage=None, accept_country_names=True))
     body = new_referral(view, crm_record_id="006A", accept_country_names=True)
     assert body["externalReferenceId"] == "006A"
     assert body["type"] == "Shared"
-    assert body["consent"] == {"consentToShareReferralWithMicrosoftSellers": True}
+    assert body["consent"] == contract().consent_on_create(shared=True)
+    assert set(body["consent"]) == {
+        "consentToContact",
+        "consentToToShareInfoWithOthers",
+        "consentToMicrosoftToContactSpecificPartners",
+        "consentToShareReferralWithMicrosoftSellers",
+    }
+    intent = body["details"]["requirements"]["additionalRequirements"]["attributes"]
+    assert intent == [{"id": "HaveNotDecided", "type": "CustomerMarketplaceIntent"}]
     assert body["inviteContext"] == {"assistanceRequestCode": "ProofOfConceptOrDemo"}
     assert body["customerProfile"]["address"]["country"] == "DE"
     assert body["customerProfile"]["team"] == [{"lastName": "Lovelace", "email": "ada@contoso.example"}]
@@ -182,11 +234,12 @@ def test_new_referral_body_for_a_co_sell() -> None:
 
 def test_a_private_deal_is_independent_and_not_shared() -> None:
     view = crm_view(
-        record(connector=ConnectorFields(sync_enabled=True)), pending_stage=None, accept_country_names=False
+        record(connector=ConnectorFields(sync_enabled=True)),
+        ReadContext(pending_stage=None, accept_country_names=False),
     )
     body = new_referral(view, crm_record_id="006A", accept_country_names=True)
     assert body["type"] == "Independent"
-    assert body["consent"] == {"consentToShareReferralWithMicrosoftSellers": False}
+    assert body["consent"]["consentToShareReferralWithMicrosoftSellers"] is False
     assert "inviteContext" not in body
 
 
@@ -234,3 +287,26 @@ def test_lead_referrals_become_leads() -> None:
     )
     assert crm_object_for(lead) == crm_object_for(qualified) == "lead"
     assert crm_object_for(Referral.model_validate(REFERRAL)) == "opportunity"
+
+
+def test_a_customer_with_a_country_name_is_left_to_the_checks_not_raised() -> None:
+    referral = Referral.model_validate(REFERRAL)
+    customer = {"name": "Contoso", "country": "Germany"}  # a name, not a code: the engine's checks say so
+    operations, kept = patch_operations(referral, {"customer": customer}, None, accept_country_names=False)
+    assert (operations, kept) == ([], ["customer"])
+    with _patch_paths({*contract().patch_paths, "/customerProfile/address/country", "/customerProfile/address/city"}):
+        moved = {**customer, "city": "Munich"}
+        operations, kept = patch_operations(referral, {"customer": moved}, None, accept_country_names=False)
+    assert [operation.path for operation in operations] == ["/customerProfile/address/city"]
+
+
+def test_docs_table_of_synced_fields_matches_the_registry() -> None:
+    """docs/sync.md embeds `python -m shared fields-reference`; keep it current."""
+    from pathlib import Path
+
+    from shared.mapping.fields import reference_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sync.md").read_text(encoding="utf-8")
+    start = text.index("<!-- fields-reference:start -->") + len("<!-- fields-reference:start -->")
+    end = text.index("<!-- fields-reference:end -->")
+    assert text[start:end].strip() == reference_table().strip()

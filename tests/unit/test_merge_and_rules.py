@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.mapping import rules
-from shared.mapping.rules import ACCEPT, StatusChange
+from shared.mapping import rules, status
+from shared.mapping.status import ACCEPT, StatusChange
 from shared.sync.merge import FieldMerge, merge_fields
 
 EARLY = dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.UTC)
@@ -109,13 +109,13 @@ def test_the_partner_team_only_flows_from_the_crm_owner() -> None:
     ("pc_state", "crm", "base_crm", "expected"),
     [
         ("pending", {"lifecycle": "pending"}, {"lifecycle": "pending"}, None),
-        ("pending", {"lifecycle": "open"}, {"lifecycle": "pending"}, ACCEPT),  # Salesforce stage moved on
-        ("pending", {"lifecycle": "open"}, {"lifecycle": "open"}, None),  # Dynamics: open says nothing
-        ("pending", {"lifecycle": "open", "response": "Accept"}, {"lifecycle": "open"}, ACCEPT),
+        ("pending", {"lifecycle": "active"}, {"lifecycle": "pending"}, ACCEPT),  # Salesforce stage moved on
+        ("pending", {"lifecycle": "active"}, {"lifecycle": "active"}, None),  # Dynamics: open says nothing
+        ("pending", {"lifecycle": "active", "response": "Accept"}, {"lifecycle": "active"}, ACCEPT),
         (
             "pending",
-            {"lifecycle": "open", "response": "Decline", "decline_reason": "No capacity"},
-            {"lifecycle": "open"},
+            {"lifecycle": "active", "response": "Decline", "decline_reason": "No capacity"},
+            {"lifecycle": "active"},
             StatusChange(status="Closed", substatus="Declined", reason="No capacity"),
         ),
         (
@@ -124,29 +124,29 @@ def test_the_partner_team_only_flows_from_the_crm_owner() -> None:
             {"lifecycle": "pending"},
             StatusChange(status="Closed", substatus="Declined", reason="Closed as lost in the CRM"),
         ),
-        ("pending", {"lifecycle": "qualified"}, {"lifecycle": "open"}, ACCEPT),
+        ("pending", {"lifecycle": "qualified"}, {"lifecycle": "active"}, ACCEPT),
         (
             "pending",
             {"lifecycle": "disqualified"},
-            {"lifecycle": "open"},
+            {"lifecycle": "active"},
             StatusChange(status="Closed", substatus="Declined", reason="Disqualified in the CRM"),
         ),
-        ("active", {"lifecycle": "won"}, {"lifecycle": "open"}, StatusChange(status="Closed", substatus="Won")),
-        ("active", {"lifecycle": "lost"}, {"lifecycle": "open"}, StatusChange(status="Closed", substatus="Lost")),
-        ("active", {"lifecycle": "open"}, {"lifecycle": "open"}, None),
-        ("won", {"lifecycle": "open"}, {"lifecycle": "won"}, None),  # closed referrals are terminal
+        ("active", {"lifecycle": "won"}, {"lifecycle": "active"}, StatusChange(status="Closed", substatus="Won")),
+        ("active", {"lifecycle": "lost"}, {"lifecycle": "active"}, StatusChange(status="Closed", substatus="Lost")),
+        ("active", {"lifecycle": "active"}, {"lifecycle": "active"}, None),
+        ("won", {"lifecycle": "active"}, {"lifecycle": "won"}, None),  # closed referrals are terminal
     ],
 )
 def test_partner_center_status_change(
     pc_state: str, crm: dict[str, Any], base_crm: dict[str, Any], expected: StatusChange | None
 ) -> None:
-    change, _ = rules.partner_center_status_change({"lifecycle": pc_state}, crm, base_crm)
+    change, _ = status.partner_center_status_change({"lifecycle": pc_state}, crm, base_crm)
     assert change == expected
 
 
 def test_declining_an_accepted_referral_is_explained_not_sent() -> None:
-    change, note = rules.partner_center_status_change(
-        {"lifecycle": "active"}, {"lifecycle": "open", "response": "Decline"}, {"lifecycle": "open"}
+    change, note = status.partner_center_status_change(
+        {"lifecycle": "active"}, {"lifecycle": "active", "response": "Decline"}, {"lifecycle": "active"}
     )
     assert change is None
     assert note is not None and "close the opportunity as lost" in note
@@ -155,15 +155,15 @@ def test_declining_an_accepted_referral_is_explained_not_sent() -> None:
 @pytest.mark.parametrize(
     ("pc_state", "crm_state", "crm_object", "pending_stage", "expected"),
     [
-        ("won", "open", "opportunity", True, "won"),
-        ("lost", "open", "opportunity", True, "lost"),
+        ("won", "active", "opportunity", True, "won"),
+        ("lost", "active", "opportunity", True, "lost"),
         ("declined", "pending", "opportunity", True, "lost"),
-        ("expired", "open", "opportunity", False, "lost"),
+        ("expired", "active", "opportunity", False, "lost"),
         ("won", "won", "opportunity", True, None),
-        ("won", "open", "lead", True, None),  # converting a lead is the seller's decision
-        ("declined", "open", "lead", True, "lost"),
+        ("won", "active", "lead", True, None),  # converting a lead is the seller's decision
+        ("declined", "active", "lead", True, "lost"),
         ("active", "pending", "opportunity", True, "active"),
-        ("active", "open", "opportunity", False, None),
+        ("active", "active", "opportunity", False, None),
         ("pending", "pending", "opportunity", True, None),
     ],
 )
@@ -171,7 +171,7 @@ def test_crm_lifecycle_for_partner_center_status(
     pc_state: str, crm_state: str, crm_object: Any, pending_stage: bool, expected: str | None
 ) -> None:
     assert (
-        rules.crm_lifecycle_for(
+        status.crm_lifecycle_for(
             {"lifecycle": pc_state}, {"lifecycle": crm_state}, crm_object=crm_object, has_pending_stage=pending_stage
         )
         == expected

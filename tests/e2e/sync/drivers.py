@@ -30,6 +30,7 @@ from shared.crm.dynamics import (
     SYNC_STATUS_OPTIONS,
 )
 from shared.crm.port import CrmObjectKind
+from shared.partner_center.contract import contract
 from shared.settings import Settings
 
 JsonDict = dict[str, Any]
@@ -156,8 +157,19 @@ class PartnerCenterDriver:
         return [item for item in self.referrals() if item.get("externalReferenceId") == external_id]
 
 
+def pc_edit(path: str, value: Any, op: str = "replace") -> JsonDict:
+    """A JSON Patch operation a Partner Center API caller may send (a path the contract lists)."""
+    return contract().patch_operation(path, value, op)
+
+
+def microsoft_edit(path: str, value: Any, op: str = "replace") -> JsonDict:
+    """A change on Microsoft's side of an engagement: any member a referral has."""
+    return contract().member_operation(path, value, op)
+
+
 def cosell_referral(**overrides: Any) -> JsonDict:
-    """A co-sell referral as Microsoft shares it (wire names), with unique customer data."""
+    """A co-sell referral as Microsoft shares it, every member checked against the contract; the
+    US state in `region` with `state` null, as real payloads carry it."""
     tag = uuid.uuid4().hex[:8]
     referral: JsonDict = {
         "name": f"Fabrikam {tag} - Azure migration",
@@ -166,7 +178,8 @@ def cosell_referral(**overrides: Any) -> JsonDict:
             "address": {
                 "addressLine1": "1 Microsoft Way",
                 "city": "Redmond",
-                "state": "WA",
+                "state": None,
+                "region": "WA",
                 "postalCode": f"98{tag[:3]}",
                 "country": "US",
             },
@@ -199,6 +212,7 @@ def cosell_referral(**overrides: Any) -> JsonDict:
         "inviteContext": {"assistanceRequestCode": "CustomerTechnicalArchitecture"},
     }
     referral.update(overrides)
+    contract().referral_document(referral)  # refuses a member Partner Center does not have
     return referral
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from shared.partner_center.contract import contract
 from tests.e2e.sync.conftest import SyncSystem
 from tests.e2e.sync.drivers import Account, Contact, Solution, tag
 
@@ -181,7 +182,7 @@ def _patches(sync: SyncSystem, referral_id: str) -> list[dict[str, Any]]:
     return [item for item in sync.pc_control.state()["patches"] if item["referral_id"] == referral_id]
 
 
-def test_09_seller_edits_go_out_as_one_patch_with_only_the_changed_paths(sync: SyncSystem) -> None:
+def test_09_seller_edits_go_out_as_one_patch_on_documented_paths_only(sync: SyncSystem) -> None:
     sync.begin("09 seller edits value, date, name, notes")
     deal = cosell_deal()
     created = create(sync, deal)
@@ -199,20 +200,25 @@ def test_09_seller_edits_go_out_as_one_patch_with_only_the_changed_paths(sync: S
         close_date=dt.date(2027, 9, 30),
         notes="Phase 2 adds streaming.",
     )
-    updated = sync.wait_for_referral(referral["id"], lambda r: r["name"] == new_name, "the new name in PC")
+    updated = sync.wait_for_referral(
+        referral["id"], lambda r: r["details"]["notes"] == "Phase 2 adds streaming.", "the new notes in PC"
+    )
     assert Decimal(str(updated["details"]["dealValue"])) == Decimal(120000)
     assert updated["details"]["closingDateTime"].startswith("2027-09-30")
-    assert updated["details"]["notes"] == "Phase 2 adds streaming."
+    # Partner Center takes no PATCH on the name after creation: it keeps its own, and we say so.
+    assert updated["name"] == deal.name
     sync.idle()
     patches = _patches(sync, referral["id"])[before:]
     assert len(patches) == 1, patches
     assert patches[0]["if_match"] == etag and patches[0]["status"] < 300
     paths = {operation["path"] for operation in patches[0]["operations"]}
-    assert paths == {"/name", "/details/dealValue", "/details/closingDateTime", "/details/notes"}
+    assert paths == {"/details/dealValue", "/details/closingDateTime", "/details/notes"}
+    assert all(contract().is_patchable(path) for path in paths)
     raw = sync.seller.raw("opportunity", created.opportunity_id)
-    assert raw.name == new_name + " ✔"
+    assert raw.name == new_name + " ✔"  # the CRM keeps the seller's name; the merge offers it no more
     assert "CRM -> Partner Center: updated" in raw.audit
-    sync.assert_quiet()
+    assert "Partner Center keeps its own name" in raw.audit
+    sync.assert_quiet()  # no second PATCH with the name on later polls
 
 
 def test_10_solutions_added_and_removed_in_the_crm_follow_in_partner_center(sync: SyncSystem) -> None:

@@ -26,9 +26,11 @@ from tests.e2e.sync.drivers import (
     SimulatorControl,
     Solution,
     cosell_referral,
+    pc_edit,
     tag,
     unique,
 )
+from tests.partner_center.wire import create_request
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -100,7 +102,7 @@ def test_an_edit_lands_right_after_the_next_read(
 ) -> None:
     control = _partner_center(sandbox_services, http)
     referral = control.post("incoming-referral", cosell_referral())
-    edit = [{"op": "replace", "path": "/details/notes", "value": "edited by a colleague"}]
+    edit = [pc_edit("/details/notes", "edited by a colleague")]
     control.post(f"referrals/{referral['id']}/edit-after-next-read", edit)
     assert control.state()["scheduled_edits"]["pending"] == {referral["id"]: edit}
 
@@ -114,7 +116,7 @@ def test_an_edit_lands_right_after_the_next_read(
     assert read.status_code == 200 and read.json()["details"]["notes"] != "edited by a colleague"
     stale = http.patch(
         url,
-        json=[{"op": "replace", "path": "/details/dealValue", "value": 1}],
+        json=[pc_edit("/details/dealValue", 1)],
         headers={**headers, "If-Match": read.json()["eTag"]},
     )
     assert stale.status_code == 412 and stale.json()["error"]["code"] == "preconditionFailed"
@@ -128,7 +130,7 @@ def test_an_edit_lands_right_after_the_next_read(
         {
             "referral_id": referral["id"],
             "if_match": read.json()["eTag"],
-            "operations": [{"op": "replace", "path": "/details/dealValue", "value": 1}],
+            "operations": [pc_edit("/details/dealValue", 1)],
             "status": 412,
         }
     ]
@@ -144,11 +146,7 @@ def test_a_late_answer_stores_the_referral_before_answering(
     auth = PartnerCenterAuth.from_settings(settings)
     auth.login(show=lambda _message: None)
     external_id = f"late-{tag()}"
-    body = {
-        "name": "Late answer",
-        "externalReferenceId": external_id,
-        "customerProfile": {"name": "Contoso", "address": {"country": "US"}},
-    }
+    body = create_request(crm_record_id=external_id, name="Late answer")
     headers = {"Authorization": f"Bearer {auth.token(settings.pc_api_scope)}"}
     with pytest.raises(httpx.TimeoutException):
         http.post(f"{settings.pc_api_base_url}/referrals", json=body, headers=headers, timeout=0.5)

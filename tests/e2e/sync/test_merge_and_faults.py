@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from tests.e2e.sync.conftest import SyncSystem
-from tests.e2e.sync.drivers import cosell_referral
+from tests.e2e.sync.drivers import cosell_referral, pc_edit
 from tests.e2e.sync.test_crm_to_pc import cosell_deal, create, pc_posts, wait_created
 from tests.waiting import wait_until
 
@@ -32,7 +32,7 @@ def test_16_different_fields_changed_on_both_sides_are_both_kept(sync: SyncSyste
     sync.idle()
 
     sync.partner_center.drop_webhooks(1)  # the partner's edit reaches us only with the next sync
-    sync.partner_center.edit(referral["id"], [{"op": "replace", "path": "/details/notes", "value": "PC notes"}])
+    sync.partner_center.edit(referral["id"], [pc_edit("/details/notes", "PC notes")])
     sync.seller.update("opportunity", created.opportunity_id, deal_value=Decimal(77000))
 
     sync.wait_for_referral(referral["id"], lambda r: _value(r) == Decimal(77000), "the seller's value in PC")
@@ -57,7 +57,7 @@ def test_16_the_same_field_changed_on_both_sides_goes_to_the_later_change(sync: 
 
     if later == "crm":
         sync.partner_center.drop_webhooks(1)
-        sync.partner_center.edit(referral["id"], [{"op": "replace", "path": "/details/dealValue", "value": 61000}])
+        sync.partner_center.edit(referral["id"], [pc_edit("/details/dealValue", 61000)])
         # Dataverse stamps modifiedon to the second: the later edit must be in a later second.
         edited = dt.datetime.now(dt.UTC)
         wait_until(lambda: dt.datetime.now(dt.UTC) - edited > dt.timedelta(seconds=1.1), what="the next second")
@@ -70,7 +70,7 @@ def test_16_the_same_field_changed_on_both_sides_goes_to_the_later_change(sync: 
         edited = dt.datetime.now(dt.UTC)
         wait_until(lambda: dt.datetime.now(dt.UTC) - edited > dt.timedelta(seconds=1.1), what="the next second")
         sync.partner_center.drop_webhooks(1)
-        sync.partner_center.edit(referral["id"], [{"op": "replace", "path": "/details/dealValue", "value": 61000}])
+        sync.partner_center.edit(referral["id"], [pc_edit("/details/dealValue", 61000)])
         winner = pc_value
 
     sync.wait_for_referral(referral["id"], lambda r: _value(r) == winner, f"{winner} in PC")
@@ -139,7 +139,7 @@ def test_18_a_stale_etag_is_merged_again_and_nothing_is_lost(sync: SyncSystem) -
     referral = wait_created(sync, created.opportunity_id)
     sync.idle()
 
-    colleague = [{"op": "replace", "path": "/details/notes", "value": "A colleague's notes"}]
+    colleague = [pc_edit("/details/notes", "A colleague's notes")]
     sync.partner_center.edit_after_next_read(referral["id"], colleague)
     sync.seller.update("opportunity", created.opportunity_id, deal_value=Decimal(88000))
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tests.e2e.sync.conftest import SyncSystem
-from tests.e2e.sync.drivers import Account, Contact, cosell_referral, tag
+from tests.e2e.sync.drivers import Account, Contact, cosell_referral, microsoft_edit, pc_edit, tag
 
 pytestmark = [pytest.mark.azurite, pytest.mark.sandbox, pytest.mark.e2e]
 
@@ -105,9 +105,9 @@ def test_03_partner_center_updates_reach_the_crm_and_leave_crm_only_fields_alone
     sync.partner_center.edit(
         shared["id"],
         [
-            {"op": "replace", "path": "/details/dealValue", "value": 310000},
-            {"op": "replace", "path": "/details/closingDateTime", "value": "2027-06-30T00:00:00Z"},
-            {"op": "replace", "path": "/details/notes", "value": "Scope grew: SAP and BW."},
+            pc_edit("/details/dealValue", 310000),
+            pc_edit("/details/closingDateTime", "2027-06-30T00:00:00Z"),
+            pc_edit("/details/notes", "Scope grew: SAP and BW."),
         ],
     )
     sync.wait_for_raw("opportunity", raw.id, lambda r: "Partner Center -> CRM: updated" in r.audit, "the update")
@@ -138,9 +138,9 @@ def test_04_microsofts_crm_id_fills_the_microsoft_crm_identifier(sync: SyncSyste
     sync.partner_center.as_microsoft(
         shared["id"],
         [
-            {"op": "replace", "path": "/status", "value": "Active"},
-            {"op": "replace", "path": "/substatus", "value": "Accepted"},
-            {"op": "replace", "path": "/trackingInfo/microsoftMsxId", "value": "7-MSX" + tag()},
+            microsoft_edit("/status", "Active"),
+            microsoft_edit("/substatus", "Accepted"),
+            microsoft_edit("/trackingInfo/microsoftMsxId", "7-MSX" + tag()),
         ],
     )
     msx = sync.partner_center.referral(shared["id"])["trackingInfo"]["microsoftMsxId"]
@@ -163,11 +163,11 @@ def test_05_partner_center_closing_the_referral_closes_the_crm_record(
         sync.partner_center.expire(shared["id"])
     else:
         operations = [
-            {"op": "replace", "path": "/status", "value": "Closed"},
-            {"op": "replace", "path": "/substatus", "value": substatus},
+            pc_edit("/status", "Closed"),
+            pc_edit("/substatus", substatus),
         ]
         if substatus != "Won":
-            operations.append({"op": "replace", "path": "/statusReason", "value": "Customer chose another path"})
+            operations.append(pc_edit("/statusReason", "Customer chose another path"))
         sync.partner_center.edit(shared["id"], operations)
 
     closed = sync.wait_for_raw("opportunity", raw.id, lambda r: r.closed, f"the record closed {substatus}")
@@ -188,7 +188,7 @@ def test_06_duplicate_and_out_of_order_deliveries_give_one_record_with_the_lates
     sync.partner_center.drop_webhooks(2)  # Partner Center's own deliveries are lost; we play them by hand
     shared = sync.partner_center.share_referral(cosell_referral())
     created_at = shared["createdDateTime"]
-    sync.partner_center.edit(shared["id"], [{"op": "replace", "path": "/details/dealValue", "value": 275000}])
+    sync.partner_center.edit(shared["id"], [pc_edit("/details/dealValue", 275000)])
 
     statuses: list[int] = []
     threads = [
@@ -201,7 +201,7 @@ def test_06_duplicate_and_out_of_order_deliveries_give_one_record_with_the_lates
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [202, 202, 202] or all(200 <= status < 300 for status in statuses)
+    assert statuses == [200, 200, 200]  # each delivery answered "OK", as Microsoft's sample
     raw = sync.wait_for_record(shared["id"])
     sync.settle()
     # the older event arrives last
