@@ -12,7 +12,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared import bootstrap
+from shared import bootstrap, telemetry
 from shared.admin import health as health_checks
 from shared.sync import failures, runs
 from shared.sync.queues import SYNC_POISON_QUEUE, SYNC_QUEUE
@@ -45,11 +45,12 @@ def receive_partner_center_event(req: func.HttpRequest) -> func.HttpResponse:
     """Function key + Partner Center signature: verify, enqueue a `sync` message, acknowledge."""
     from shared.partner_center import webhook
 
-    result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
-    if result.message is not None:
-        message = result.message
-        # A failure here is a 500: Partner Center delivers again.
-        runs.recorded(bootstrap.state_store, runs.PC_WEBHOOK, lambda: bootstrap.queue_producer().send(message))
+    with telemetry.span("receive Partner Center event"):  # the root of this change's trace
+        result = webhook.receive_event(req.get_body(), dict(req.headers), bootstrap.webhook_verifier())
+        if result.message is not None:
+            message = result.message
+            # A failure here is a 500: Partner Center delivers again.
+            runs.recorded(bootstrap.state_store, runs.PC_WEBHOOK, lambda: bootstrap.queue_producer().send(message))
     return _json(result.body, result.status)
 
 

@@ -172,6 +172,7 @@ var tableNames = [
   'tokencache'
   'activity'
   'alerts'
+  'backfill'
 ]
 var queues = [for queueName in queueNames: { name: queueName }]
 var tables = [for tableName in tableNames: { name: tableName }]
@@ -204,6 +205,8 @@ var appSettings = {
   CRM_POLL_SCHEDULE: crmPollSchedule
   PC_RECONCILE_SCHEDULE: pcReconcileSchedule
   PC_TOKEN_REFRESH_SCHEDULE: pcTokenRefreshSchedule
+  // Backfill (read by `python -m shared backfill` wherever an admin runs it with these settings)
+  BACKFILL_SYNCS_PER_MINUTE: '30'
   // Partner Center
   PC_TENANT_ID: pcTenantId
   PC_CLIENT_ID: pcClientId
@@ -342,6 +345,17 @@ module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
     tags: tags
     workspaceResourceId: logAnalytics.outputs.resourceId
     disableLocalAuth: true
+  }
+}
+
+// Syncs by outcome, latency, errors by reason, dead letters: from the app's OpenTelemetry spans.
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.resourceId
   }
 }
 

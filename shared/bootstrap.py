@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 from typing import TYPE_CHECKING, Any
 
+from shared import telemetry
 from shared.admin.health import DetailSection
 from shared.crm.port import CrmPort
 from shared.settings import Settings, get_settings, reset_settings_cache
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 
 def settings() -> Settings:
+    telemetry.instrument_http_clients()  # before the first API client is built; once per process
     return get_settings()
 
 

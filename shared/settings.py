@@ -353,6 +353,17 @@ class Settings(BaseModel):
         alias="ALERT_DIGEST_HOUR",
     )
 
+    # ---- Backfill --------------------------------------------------------------------------------
+    backfill_syncs_per_minute: int = _setting(
+        30,
+        "How many syncs `python -m shared backfill --apply` queues per minute. Each sync makes a handful of "
+        "API calls to each side; 30 stays well inside Dataverse's 6,000 requests per 5 minutes and a "
+        "Salesforce org's daily allowance while the regular syncs go on.",
+        group="Backfill",
+        example="30",
+        alias="BACKFILL_SYNCS_PER_MINUTE",
+    )
+
     # ---- Partner Center ---------------------------------------------------------------------------
     pc_tenant_id: str = _setting(
         None,
@@ -652,6 +663,13 @@ class Settings(BaseModel):
     def _page_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("is not a URL, like 'https://func-cosell-abc123.azurewebsites.net/api/status'")
+        return value
+
+    @field_validator("backfill_syncs_per_minute")
+    @classmethod
+    def _positive_rate(cls, value: int) -> int:
+        if not 1 <= value <= 6000:
+            raise ValueError("must be a whole number of syncs per minute between 1 and 6000")
         return value
 
     @field_validator("pc_http_timeout_seconds")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sandbox import credentials
 from sandbox.azurite import Azurite, start_azurite
@@ -97,3 +101,40 @@ def sandbox_services() -> Iterator[SandboxServices]:
         yield services
     finally:
         services.stop()
+
+
+# ---- traces -----------------------------------------------------------------------------------------
+class Recorder(SimpleSpanProcessor):
+    """Keeps finished spans only while a test records, so the rest of the session costs no memory."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.exporter = exporter
+        self.recording = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.recording:
+            super().on_end(span)
+
+    def spans(self) -> Sequence[ReadableSpan]:
+        return self.exporter.get_finished_spans()
+
+
+@pytest.fixture(scope="session")
+def recorder() -> Recorder:
+    provider = TracerProvider()
+    processor = Recorder(InMemorySpanExporter())
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)  # once per process; instrumented clients pick it up
+    if trace.get_tracer_provider() is not provider:
+        pytest.fail("another tracer provider was installed before; these tests need their own")
+    return processor
+
+
+@pytest.fixture
+def spans(recorder: Recorder) -> Iterator[Recorder]:
+    recorder.exporter.clear()
+    recorder.recording = True
+    yield recorder
+    recorder.recording = False
+    recorder.exporter.clear()

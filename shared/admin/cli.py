@@ -22,6 +22,7 @@ COMMAND_GROUPS: dict[str, str] = {
     "partner-center": "shared.partner_center.commands",
     "salesforce": "shared.crm.salesforce_commands",
     "dynamics": "shared.crm.dynamics_commands",
+    "backfill": "shared.backfill.commands",
 }
 
 Handler = Callable[[argparse.Namespace, TextIO], int]

@@ -10,10 +10,12 @@ permission) is dead-lettered at once with what the admin must do, instead of usi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from shared import telemetry
 from shared.sync.errors import ErrorKind, classify
 from shared.sync.queues import QueueProducer
 from shared.sync.state import ConcurrencyConflictError, DeadLetter, StateStore
@@ -54,11 +56,48 @@ def quarantine(state: Callable[[], StateStore], *, queue: str, payload: str, deq
     """Record a poison message as a dead letter. Never raises: a poison handler that fails would
     only move the message to yet another poison queue; instead the payload goes to the log.
     `state` is a factory so that even a settings error is caught and logged here."""
+    body = _json_object(payload)
+    traceparent, tracestate = body.get("traceparent"), body.get("tracestate")
+    ids = {
+        telemetry.REFERRAL_ID: body.get("referral_id"),
+        telemetry.CRM_OBJECT: body.get("object"),
+        telemetry.CRM_RECORD_ID: body.get("record_id"),
+    }
+    with telemetry.continued_trace(
+        f"dead letter {queue}",
+        traceparent if isinstance(traceparent, str) else None,
+        tracestate if isinstance(tracestate, str) else None,
+        {name: value for name, value in ids.items() if isinstance(value, str)},
+    ) as span:
+        try:
+            letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
+        except Exception:
+            span.set_attribute(telemetry.OUTCOME, "dead_letter")
+            log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
+            return
+        result = {
+            telemetry.OUTCOME: "dead_letter",
+            telemetry.ERROR_REASON: telemetry.error_reason(letter.reason),
+            telemetry.DEAD_LETTER_ID: letter.id,
+        }
+        span.set_attributes(result)
+        log.error(
+            "dead letter %s from %s after %d attempts: %s",
+            letter.id,
+            queue,
+            letter.dequeue_count,
+            letter.reason,
+            extra=result,
+        )
+
+
+def _json_object(payload: str) -> dict[str, Any]:
+    """The message as a JSON object, read leniently: a poison message may be anything."""
     try:
-        letter = state().record_dead_letter(queue=queue, payload=payload, dequeue_count=dequeue_count)
-        log.error("dead letter %s from %s after %d attempts: %s", letter.id, queue, letter.dequeue_count, letter.reason)
-    except Exception:
-        log.exception("could not record a dead letter from %s; payload kept here: %s", queue, payload)
+        body = json.loads(payload)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 class ReplayError(Exception):

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shared import telemetry
 from shared.crm.port import ChangedRecord, CrmPort, CrmRef
 from shared.crm.watermark import (
     PAGE_SIZE,
@@ -33,7 +34,7 @@ from shared.crm.watermark import (
 )
 from shared.model.referral import format_pc_datetime, parse_pc_datetime
 from shared.partner_center.client import PartnerCenterClient
-from shared.sync.queues import CrmChange, PartnerCenterChange, QueueProducer
+from shared.sync.queues import CrmChange, PartnerCenterChange, QueueProducer, message_attributes
 from shared.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ class _CursorRow:
 def poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer, *, max_queued: int = MAX_QUEUED_PER_POLL) -> int:
     """Enqueue every CRM record with Sync = Yes changed since the last poll; returns how many
     records this run queued (each at most once per run)."""
+    with telemetry.span("poll CRM", {telemetry.SOURCE: "crm"}):
+        return _poll_crm(crm, state, queue, max_queued)
+
+
+def _poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer, max_queued: int) -> int:
     run = _CrmPollRun(crm, state, queue)
     run.finish_interrupted_page()
     pages = state.remembered_pages(run.name)
@@ -131,6 +137,13 @@ def poll_crm(crm: CrmPort, state: StateStore, queue: QueueProducer, *, max_queue
             "" if complete else f" (stopped at {max_queued}; the next poll goes on)",
         )
     return len(run.queued)
+
+
+def _in_its_own_trace(message: CrmChange) -> CrmChange:
+    """The message carrying a new trace of its own, linked to the poll's span: one trace per change,
+    however many changes one poll enqueues (the page is then sent several messages at a time)."""
+    with telemetry.change_trace("CRM change", message_attributes(message)):
+        return message.model_copy(update=telemetry.current_trace_context())
 
 
 class _CrmPollRun:
@@ -168,7 +181,7 @@ class _CrmPollRun:
         self.cursor.save(self.cursor.value.model_copy(update={"stamp": stamp, "pending": key}))
         self.state.remember_page(self.name, key, [change_key(change) for change in page])
         refs = list(dict.fromkeys(change.ref for change in page if change.ref not in self.queued))
-        self.queue.send_all([CrmChange(object=ref.kind, record_id=ref.id) for ref in refs])
+        self.queue.send_all([_in_its_own_trace(CrmChange(object=ref.kind, record_id=ref.id)) for ref in refs])
         self.queued.update(refs)
 
 
@@ -181,6 +194,13 @@ def reconcile_partner_center(
 ) -> int:
     """Enqueue every referral Partner Center changed since the last run (catches webhooks Partner
     Center gave up delivering, reference 2.5); returns how many."""
+    with telemetry.span("reconcile Partner Center", {telemetry.SOURCE: "pc"}):
+        return _reconcile(partner_center, state, queue, clock)
+
+
+def _reconcile(
+    partner_center: PartnerCenterClient, state: StateStore, queue: QueueProducer, clock: Callable[[], dt.datetime]
+) -> int:
     mark = state.get_watermark(RECONCILE_WATERMARK)
     if mark is not None:
         since = parse_pc_datetime(mark.value) - RECONCILE_OVERLAP
@@ -191,7 +211,9 @@ def reconcile_partner_center(
     for referral in partner_center.referrals_updated_since(since):
         if not referral.id:
             continue
-        queue.send(PartnerCenterChange(referral_id=referral.id, event="reconcile"))
+        message = PartnerCenterChange(referral_id=referral.id, event="reconcile")
+        with telemetry.change_trace("Partner Center change", message_attributes(message)):
+            queue.send(message)
         count += 1
         if referral.updated_date_time and (newest is None or referral.updated_date_time > newest):
             newest = referral.updated_date_time

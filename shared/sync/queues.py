@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from shared import telemetry
 from shared.sync.storage import StorageAccount
 
 SYNC_QUEUE = "sync"
@@ -28,6 +29,15 @@ def _utc_now() -> dt.datetime:
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # W3C trace context of the change's trace (shared/telemetry.py), so the worker's spans join it.
+    traceparent: str | None = Field(default=None, max_length=55)
+    tracestate: str | None = Field(default=None, max_length=512)
+
+    @field_validator("traceparent")
+    @classmethod
+    def _drop_damaged_trace_context(cls, value: str | None) -> str | None:
+        return telemetry.valid_traceparent(value)  # never dead-letter a change for its telemetry
 
 
 class PartnerCenterChange(_Message):
@@ -58,7 +68,18 @@ def parse_sync_request(body: str | bytes) -> PartnerCenterChange | CrmChange:
 
 
 def encode_sync_request(message: PartnerCenterChange | CrmChange) -> str:
-    return message.model_dump_json()
+    return message.model_dump_json(exclude_none=True)
+
+
+def message_attributes(message: PartnerCenterChange | CrmChange) -> dict[str, str]:
+    """The ids a sync request names, as span / log attributes."""
+    if isinstance(message, PartnerCenterChange):
+        return telemetry.ids_of(
+            {telemetry.SOURCE: "pc", telemetry.REFERRAL_ID: message.referral_id, telemetry.EVENT: message.event}
+        )
+    return telemetry.ids_of(
+        {telemetry.SOURCE: "crm", telemetry.CRM_OBJECT: message.object, telemetry.CRM_RECORD_ID: message.record_id}
+    )
 
 
 class QueueProducer:
@@ -78,8 +99,12 @@ class QueueProducer:
         return client
 
     def send(self, message: PartnerCenterChange | CrmChange, *, queue: str = SYNC_QUEUE) -> str:
-        """Enqueue one message; returns the storage message id."""
-        sent = self._queue(queue).send_message(encode_sync_request(message))
+        """Enqueue one message carrying the current trace; returns the storage message id."""
+        with telemetry.span(f"enqueue {queue}", message_attributes(message), kind="producer"):
+            carried = telemetry.current_trace_context()
+            if carried and message.traceparent is None:
+                message = message.model_copy(update=carried)
+            sent = self._queue(queue).send_message(encode_sync_request(message))
         return str(sent.id)
 
     def send_all(self, messages: Sequence[PartnerCenterChange | CrmChange], *, queue: str = SYNC_QUEUE) -> int:
