@@ -191,10 +191,10 @@ class _Compare:
             if referral.id and referral.organization_id != MICROSOFT_ORGANIZATION_ID:
                 self.referrals[referral.id] = referral
         self.progress(f"{len(self.referrals)} referrals; reading CRM records with Sync = Yes")
-        # A bare ISO time is a valid start for both adapters' `changed_since`, except Dataverse
-        # change tracking, whose watermark is a delta link: there the whole set is read and filtered.
-        start = since.isoformat() if since and not self.settings.dataverse_change_tracking else None
-        refs = self.crm.changed_since(start).refs
+        # `changed_since` takes a whole second; a CRM read through a change feed (Dataverse change
+        # tracking) ignores it and returns the whole set, so records are filtered by their stamp below.
+        start = since.replace(microsecond=0) if since else None
+        refs = list(dict.fromkeys(change.ref for change in self.crm.changed_since(start).changes))
         for index, ref in enumerate(refs, start=1):
             record = self.record(ref)
             if record is not None and (
