@@ -49,9 +49,11 @@ from shared.partner_center.client import (
 )
 from shared.settings import Settings
 from shared.sync.plan import (
+    MIRRORS,
     CrmPlan,
     Facts,
     PartnerCenterPlan,
+    as_written,
     fingerprint,
     mirror_columns,
     next_snapshot,
@@ -86,6 +88,15 @@ CREATE_SETTLE_MARGIN = dt.timedelta(seconds=1)
 
 class SyncRetryError(Exception):
     """Worth retrying later (the queue does): both sides kept changing while we merged."""
+
+
+class LinkBusyError(SyncRetryError):
+    """Another worker holds the link's lease (or may still be creating its referral): this message
+    is worth running again after `retry_after_seconds`, not lost and not run alongside."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 def _now() -> dt.datetime:
@@ -406,7 +417,9 @@ class SyncEngine:
             write_back.update(visible.crm_columns(True, ref.kind))  # co-sell is always shared with Microsoft sellers
         self.crm.update_fields(ref, RecordUpdate(**write_back))
         line = f"CRM -> Partner Center: created Partner Center referral {referral.id}"
-        link, fresh = self._finish_linked(link, ref, referral, pc, line, direction="crm->pc")
+        link, fresh = self._finish_linked(
+            link, ref, referral, pc, line, direction="crm->pc", before=view, written=MIRRORS | {"visible"}
+        )
         log.info("%s %s -> new referral %s", ref.kind, ref.id, referral.id)
         # A deal synced when already closed: the status rules close the referral right away.
         self._sync_link(link, referral=referral, record=fresh)
@@ -497,8 +510,16 @@ class SyncEngine:
                 self._unlink_missing(link, gone)
                 return
             try:
-                self._merge_and_write(link, referral, record, related)
-                return
+                changed_meanwhile = self._merge_and_write(link, referral, record, related)
+                if changed_meanwhile is None:
+                    return
+                log.info(
+                    "%s %s changed while we wrote; merging again (attempt %d)", record.ref.kind, record.ref.id, attempt
+                )
+                fresh = self.state.get_link(link.link_id)
+                if fresh is None or fresh.crm_id is None:
+                    raise SyncRetryError(f"link {link.link_id} changed shape while we merged")
+                link, referral, record = fresh, None, changed_meanwhile
             except PartnerCenterConflictError:
                 log.info(
                     "referral %s changed while we merged (412); merging again (attempt %d)", link.referral_id, attempt
@@ -536,9 +557,12 @@ class SyncEngine:
         log.warning("link %s: %s", link.link_id, message)
         self._record_error(link, message, direction="both", ref=ref, state="error")
 
-    def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
+    def _merge_and_write(
+        self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None
+    ) -> CrmRecord | None:
         """Plan (shared/sync/plan.py), then carry the plan out: patch Partner Center, write the CRM,
-        say what happened on the record and in the audit, save the new snapshot."""
+        say what happened on the record and in the audit, save the new snapshot. Returns the CRM
+        record when someone changed it while we wrote (that change is still to be synced)."""
         pc = referral_view(referral, self._context(related))
         crm = self._crm_view(record)
         base_pc, base_crm = normalised(link.snapshot.get("pc") or {}), normalised(link.snapshot.get("crm") or {})
@@ -551,7 +575,7 @@ class SyncEngine:
         if crm_plan.follow_opportunity is not None:
             # A converted lead is read-only in both CRMs: the referral moves on to the opportunity.
             self._follow_conversion(link, updated, crm_plan.follow_opportunity, pc_plan.sent_labels())
-            return
+            return None
         crm_written = self._write_crm(record.ref, crm_plan)
         outcome = plan_outcome(pc_plan, crm_written, facts)
         fresh = record
@@ -561,7 +585,9 @@ class SyncEngine:
         elif crm_written:
             fresh = self.crm.read(record.ref)
         error = pc_plan.error
-        new_snapshot = next_snapshot(pc_after, self._crm_view(fresh), base_crm, pc_plan)
+        fresh_view = self._crm_view(fresh)
+        left = as_written(crm, fresh_view, crm_plan.written)  # the base is what we wrote (issue 19)
+        new_snapshot = next_snapshot(pc_after, left, base_crm, pc_plan)
         if new_snapshot != link.snapshot or updated.e_tag != link.pc_etag or error != link.last_error:
             wrote = bool(pc_plan.sent_labels() or crm_written)
             link = self._save(
@@ -580,6 +606,7 @@ class SyncEngine:
                 link.link_id, direction=outcome.audit_direction, outcome=outcome.audit_outcome, message=outcome.line
             )
             log.info("link %s: %s", link.link_id, outcome.line)
+        return None if fresh_view == left else fresh
 
     def _facts(self, link: Link, referral: Referral, record: CrmRecord) -> Facts:
         return Facts(
@@ -664,13 +691,26 @@ class SyncEngine:
         return self._finish_linked(link, opportunity, referral, pc, line, direction="pc->crm")[0]
 
     def _finish_linked(
-        self, link: Link, ref: CrmRef, referral: Referral, pc: View, line: str, *, direction: str
+        self,
+        link: Link,
+        ref: CrmRef,
+        referral: Referral,
+        pc: View,
+        line: str,
+        *,
+        direction: str,
+        before: View | None = None,
+        written: frozenset[str] = frozenset(),
     ) -> tuple[Link, CrmRecord]:
         """After writing a new or moved link's CRM record: mark it Synced with `line` in its audit,
-        read it back once, and save the link as linked with both sides as the new merge base."""
+        read it back once, and save the link as linked with both sides as the new merge base. With
+        `before` (the record as read before we wrote `written`), the CRM base is what we wrote, so a
+        seller's edit landing meanwhile stays a change to sync (issue 19)."""
         self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
         record = self.crm.read(ref)
         view = self._crm_view(record)
+        if before is not None:
+            view = as_written(before, view, written)
         linked = link.model_copy(
             update={
                 "crm_object": ref.kind,
