@@ -59,7 +59,7 @@ def test_a_second_message_for_a_record_being_created_waits_instead_of_posting_ag
     world = World.build()
     ref = world.seller_deal()
     real_create = world.pc.create_referral
-    raised: list[Exception] = []
+    raised: list[LinkBusyError] = []
 
     def second_message_meanwhile(body: object) -> object:
         try:

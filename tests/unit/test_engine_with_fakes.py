@@ -11,7 +11,7 @@ import pytest
 
 from shared.crm.port import CrmCapabilities, CrmContact, CrmRef, CrmSolution, RecordUpdate, StageFacts
 from shared.partner_center.client import PartnerCenterUnavailableError
-from shared.sync.engine import SyncRetryError
+from shared.sync.engine import LinkBusyError, SyncRetryError
 from shared.sync.state import link_id_for_crm, link_id_for_referral
 from tests.fakes.world import DYNAMICS_LIKE, SALESFORCE_LIKE, World, incoming
 
@@ -323,7 +323,10 @@ def test_17_a_create_whose_answer_is_lost_is_found_again_instead_of_posted_twice
     with pytest.raises(PartnerCenterUnavailableError):
         world.engine.sync_crm_record(ref)
     world.pc.create_referral = real_create  # type: ignore[method-assign]
-    world.engine.sync_crm_record(ref)  # the queue's retry: waits out the settle time, then looks
+    with pytest.raises(LinkBusyError):
+        world.engine.sync_crm_record(ref)  # the queue's retry, too early: the POST may still land
+    world.clock.advance(world.engine.settings.pc_http_timeout_seconds + 11)
+    world.engine.sync_crm_record(ref)  # once the intent's lease expired: looks, finds it
     assert len(world.pc.posts) == 1
     (referral,) = world.pc.referrals.values()
     assert world.crm.read(ref).connector.referral_id == referral["id"]
