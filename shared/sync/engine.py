@@ -89,6 +89,10 @@ Partner Center commits some creates seconds after answering late (chaos runs saw
 them, issue 19); nothing documents a bound, so this is a measured guess, and a referral landing
 later still is caught as a stray (audit) and by reconcile, not merged."""
 
+LINK_LEASE = dt.timedelta(minutes=2)
+"""How long a sync may hold its link: far beyond a sync's few calls (each retried within 5 s,
+shared/retry.py), and the longest a dead holder keeps others waiting."""
+
 BUSY_RETRY_SECONDS = 5.0
 """How soon a message for a link another worker is syncing is worth running again."""
 
@@ -547,6 +551,48 @@ class SyncEngine:
 
     # ---- an existing link ------------------------------------------------------------------------------
     def _sync_link(
+        self,
+        link: Link,
+        *,
+        referral: Referral | None = None,
+        record: CrmRecord | None = None,
+        related: Referral | None = None,
+    ) -> None:
+        assert link.referral_id is not None and link.crm_object is not None and link.crm_id is not None
+        owner = uuid.uuid4().hex
+        link = self._take_lease(link, owner)
+        try:
+            self._sync_leased(link, referral=referral, record=record, related=related)
+        finally:
+            self._release_lease(link.link_id, owner)
+
+    def _take_lease(self, link: Link, owner: str) -> Link:
+        """At most one sync of a link at a time, across threads and Function instances: a lease on
+        the link row, taken under its ETag, expiring by itself if its holder dies. A busy link makes
+        this message wait (`LinkBusyError`); when it runs again it finds the holder's result and
+        usually nothing left to do, so a burst collapses into one sync after the running one."""
+        now = self.clock()
+        if link.leased_to_another(owner, now):
+            raise LinkBusyError(
+                f"link {link.link_id} is being synced by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+            )
+        try:
+            return self.state.save_link(link.model_copy(update={"lease_owner": owner, "lease_until": now + LINK_LEASE}))
+        except ConcurrencyConflictError:
+            raise LinkBusyError(
+                f"link {link.link_id} was taken by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+            ) from None
+
+    def _release_lease(self, link_id: str, owner: str) -> None:
+        current = self.state.get_link(link_id)
+        if current is None or current.lease_owner != owner:
+            return  # released already (the link was re-linked or marked in error), or expired and taken
+        try:
+            self.state.save_link(current.model_copy(update={"lease_owner": None, "lease_until": None}))
+        except ConcurrencyConflictError:
+            log.warning("link %s changed before its lease was released; the lease expires by itself", link_id)
+
+    def _sync_leased(
         self,
         link: Link,
         *,

@@ -4,6 +4,8 @@ stray referral carrying a CRM record's id."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -122,3 +124,49 @@ def test_a_stray_referral_found_only_by_external_reference_id_is_recorded_not_me
     link = world.links.get_link(link_id_for_crm("opportunity", ref.id))
     assert link is not None and link.referral_id == referral_id
     assert any(stray.id in line and "stray" in line for line in world.links.audit_of(link.link_id))
+
+
+def test_a_message_for_a_link_another_worker_is_syncing_waits_and_a_burst_collapses() -> None:
+    world = World.build()
+    referral_id, ref = _outgoing(world)
+    world.crm.seller_edits(ref, RecordUpdate(notes="Seller notes 2"))
+    busy: list[LinkBusyError] = []
+
+    def webhook_and_poll_meanwhile(rid: str) -> None:  # two more messages while the first one patches
+        messages: list[Callable[[], None]] = [
+            lambda: world.engine.sync_referral(rid),
+            lambda: world.engine.sync_crm_record(ref),
+        ]
+        for message in messages:
+            try:
+                message()
+            except LinkBusyError as error:
+                busy.append(error)
+
+    world.pc.before_patch = webhook_and_poll_meanwhile
+    world.engine.sync_crm_record(ref)
+    # the webhook finds Partner Center as last synced and ends at once; the poll must wait
+    assert len(busy) == 1 and busy[0].retry_after_seconds > 0
+    assert len(world.pc.patches) == 1
+    link = world.links.get_link(link_id_for_crm("opportunity", ref.id))
+    assert link is not None and link.lease_owner is None  # released
+    writes = len(world.crm.writes)
+    world.clock.advance(5)
+    world.engine.sync_referral(referral_id)  # the delayed messages, later: nothing left to do
+    world.engine.sync_crm_record(ref)
+    assert len(world.pc.patches) == 1 and len(world.crm.writes) == writes
+
+
+def test_a_lease_whose_holder_died_expires() -> None:
+    world = World.build()
+    referral_id, ref = _outgoing(world)
+    link = world.links.get_link(link_id_for_crm("opportunity", ref.id))
+    assert link is not None
+    until = world.clock() + dt.timedelta(minutes=2)
+    world.links.save_link(link.model_copy(update={"lease_owner": "dead-worker", "lease_until": until}))
+    world.pc.edit(referral_id, **{"details.notes": "PC notes"})
+    with pytest.raises(LinkBusyError):
+        world.engine.sync_referral(referral_id)
+    world.clock.advance(121)
+    world.engine.sync_referral(referral_id)
+    assert world.crm.read(ref).notes == "PC notes"
