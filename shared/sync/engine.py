@@ -431,7 +431,8 @@ class SyncEngine:
             self._unlink_missing(link, gone)
             return
         if referral is None:
-            link = self._hold_create_lease(link, owner)  # the claim, under the row's ETag, right before the POST
+            # the claim, under the row's ETag, right before the POST
+            link = self._take_lease(link, owner, self._create_settle(), state="creating")
             body = new_referral(view, crm_record_id=ref.id, accept_country_names=self.settings.accept_country_names)
             try:
                 referral = self.pc.create_referral(body)
@@ -454,13 +455,9 @@ class SyncEngine:
         # A deal synced when already closed: the status rules close the referral right away.
         self._sync_link(link, referral=referral, record=fresh)
 
-    def _create_lease(self, owner: str) -> dict[str, Any]:
-        """A `creating` intent's lease: it outlives a POST that times out by the settle margin, so
-        whoever takes it over after it expires can look the referral up and trust the answer."""
-        return {"lease_owner": owner, "lease_until": self.clock() + self._create_settle()}
-
     def _create_settle(self) -> dt.timedelta:
-        """How long after it was sent a Partner Center create can still land."""
+        """How long after it was sent a Partner Center create can still land: a `creating` intent's
+        lease lasts this long, so whoever takes it over after it expires can trust a lookup."""
         return dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
 
     def _write_ahead(self, ref: CrmRef, link: Link | None, owner: str) -> Link:
@@ -473,7 +470,8 @@ class SyncEngine:
                 crm_object=ref.kind,
                 crm_id=ref.id,
                 state="creating",
-                **self._create_lease(owner),
+                lease_owner=owner,
+                lease_until=self.clock() + self._create_settle(),
             )
             try:
                 return self.state.create_link(intent)
@@ -481,20 +479,7 @@ class SyncEngine:
                 raise LinkBusyError(
                     f"link {intent.link_id} is being created by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
                 ) from None
-        return self._hold_create_lease(link, owner)
-
-    def _hold_create_lease(self, link: Link, owner: str) -> Link:
-        now = self.clock()
-        if link.leased_to_another(owner, now):
-            assert link.lease_until is not None
-            wait = max((link.lease_until - now).total_seconds(), BUSY_RETRY_SECONDS)
-            raise LinkBusyError(f"link {link.link_id} is being created by another worker", retry_after_seconds=wait)
-        try:
-            return self.state.save_link(link.model_copy(update={"state": "creating", **self._create_lease(owner)}))
-        except ConcurrencyConflictError:
-            raise LinkBusyError(
-                f"link {link.link_id} was claimed by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
-            ) from None
+        return self._take_lease(link, owner, self._create_settle(), state="creating")
 
     def _referral_of_intent(self, link: Link, retrying: bool, *, posted_after: dt.datetime | None) -> Referral | None:
         """The referral this intent already has, or one an earlier attempt may have created."""
@@ -566,18 +551,24 @@ class SyncEngine:
         finally:
             self._release_lease(link.link_id, owner)
 
-    def _take_lease(self, link: Link, owner: str) -> Link:
+    def _take_lease(self, link: Link, owner: str, duration: dt.timedelta = LINK_LEASE, **update: Any) -> Link:
         """At most one sync of a link at a time, across threads and Function instances: a lease on
         the link row, taken under its ETag, expiring by itself if its holder dies. A busy link makes
         this message wait (`LinkBusyError`); when it runs again it finds the holder's result and
-        usually nothing left to do, so a burst collapses into one sync after the running one."""
+        usually nothing left to do, so a burst collapses into one sync after the running one. A
+        `creating` intent's lease is waited out whole: its holder's POST may still land."""
         now = self.clock()
         if link.leased_to_another(owner, now):
+            assert link.lease_until is not None
+            remaining = (link.lease_until - now).total_seconds() if link.state == "creating" else 0.0
             raise LinkBusyError(
-                f"link {link.link_id} is being synced by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+                f"link {link.link_id} is being synced by another worker",
+                retry_after_seconds=max(remaining, BUSY_RETRY_SECONDS),
             )
         try:
-            return self.state.save_link(link.model_copy(update={"lease_owner": owner, "lease_until": now + LINK_LEASE}))
+            return self.state.save_link(
+                link.model_copy(update={**update, "lease_owner": owner, "lease_until": now + duration})
+            )
         except ConcurrencyConflictError:
             raise LinkBusyError(
                 f"link {link.link_id} was taken by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
