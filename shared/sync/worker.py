@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from shared.sync.engine import SyncEngine
+from shared.sync.engine import LinkBusyError, SyncEngine
 from shared.sync.failures import run_recording_failures
-from shared.sync.queues import SYNC_QUEUE, parse_sync_request
+from shared.sync.queues import SYNC_QUEUE, QueueProducer, parse_sync_request
 from shared.sync.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 def process(
     state: Callable[[], StateStore],
     engine: Callable[[], SyncEngine],
+    producer: Callable[[], QueueProducer],
     *,
     payload: str,
     dequeue_count: int,
@@ -36,10 +37,15 @@ def process(
         )
         log.error("dead letter %s: %s", letter.id, reason)
         return
-    run_recording_failures(
-        state(),
-        queue=SYNC_QUEUE,
-        payload=payload,
-        dequeue_count=dequeue_count,
-        handler=lambda: engine().handle(request),
-    )
+
+    def handle() -> None:
+        try:
+            engine().handle(request)
+        except LinkBusyError as busy:
+            # Not a failure: another worker is syncing this link. The message comes back shortly,
+            # without using up one of its deliveries (a failed one would wait the whole
+            # visibilityTimeout and count towards the poison queue); sending fails -> a normal retry.
+            producer().send_text(payload, queue=SYNC_QUEUE, delay_seconds=busy.retry_after_seconds)
+            log.info("%s; the message comes back in %.0f s", busy, busy.retry_after_seconds)
+
+    run_recording_failures(state(), queue=SYNC_QUEUE, payload=payload, dequeue_count=dequeue_count, handler=handle)
