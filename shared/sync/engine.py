@@ -336,9 +336,19 @@ class SyncEngine:
             return
         ref = result.ref
         self._write_related(ref, {name: value for name, value in fields.items() if value}, account_id)
+        # Linked at once, with what we wrote as the base: a retry after a later failure merges with
+        # the record (a seller's acceptance meanwhile is a change to send) instead of upserting
+        # Partner Center's values, pending stage included, over it again (issue 19). No `pc_etag`
+        # yet, so the retry does not take the referral as synced.
+        view = self._crm_view(self.crm.read(ref))
+        link = self._save(
+            link.model_copy(
+                update={"crm_object": kind, "crm_id": ref.id, "state": "linked", "snapshot": snapshot(pc, view, view)}
+            )
+        )
         line = f"Partner Center -> CRM: created from Partner Center referral {referral.id}"
         line = "; ".join([line, *notes])
-        self._finish_linked(link, ref, referral, pc, line, direction="pc->crm")
+        self._finish_linked(link, ref, referral, pc, line, direction="pc->crm", before=view)
         log.info("referral %s -> new CRM %s %s", referral.id, kind, ref.id)
 
     def _not_for_the_crm(self, referral: Referral, kind: CrmObjectKind, link: Link | None) -> str | None:

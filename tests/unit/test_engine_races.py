@@ -7,10 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from shared.crm.port import CrmRef, RecordUpdate
+from shared.crm.port import CrmRef, CrmTransientError, RecordUpdate, StageFacts
 from shared.partner_center.client import PartnerCenterUnavailableError
 from shared.sync.engine import LinkBusyError
 from shared.sync.state import link_id_for_crm
@@ -170,3 +171,29 @@ def test_a_lease_whose_holder_died_expires() -> None:
     world.clock.advance(121)
     world.engine.sync_referral(referral_id)
     assert world.crm.read(ref).notes == "PC notes"
+
+
+def test_a_crm_create_retried_after_the_seller_accepted_does_not_revert_the_acceptance() -> None:
+    world = World.build()  # a CRM with a pending stage
+    referral = world.pc.add(incoming())
+    assert referral.id is not None
+    real_result = world.crm.set_sync_result
+    calls = iter(range(100))
+
+    def times_out_once(*args: Any, **kwargs: Any) -> None:
+        if next(calls) == 0:
+            raise CrmTransientError("the CRM timed out")
+        real_result(*args, **kwargs)
+
+    world.crm.set_sync_result = times_out_once  # type: ignore[method-assign]
+    with pytest.raises(CrmTransientError):
+        world.engine.sync_referral(referral.id)  # the record was created, then the attempt failed
+    (record,) = world.crm.by_referral(referral.id)
+    world.clock.advance(10)
+    world.crm.seller_edits(record.ref, stage=StageFacts(stage_name="Develop"))  # the seller accepts
+    world.clock.advance(10)
+    world.engine.sync_referral(referral.id)  # the queue's retry
+    assert world.crm.read(record.ref).stage.stage_name == "Develop"  # not back to pending
+    stored = world.pc.referrals[referral.id]
+    assert (stored["status"], stored["substatus"]) == ("Active", "Accepted")
+    assert len(world.crm.by_referral(referral.id)) == 1
