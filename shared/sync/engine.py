@@ -299,10 +299,17 @@ class SyncEngine:
                 link_id_for_referral(referral.id), direction="pc->crm", outcome="skipped", message=skipped
             )
             return
-        if link is None:
-            link = self._claim_referral(referral, kind)
-            if link is None:
-                return
+        owner = uuid.uuid4().hex
+        claimed = self._claim_referral(referral, kind, link, owner)
+        if claimed is None:
+            return
+        try:
+            self._write_new_crm_record(referral, kind, claimed)
+        finally:  # an upsert by referral id is safe to run again: let the queue's retry in at once
+            self._release_lease(claimed.link_id, owner)
+
+    def _write_new_crm_record(self, referral: Referral, kind: CrmObjectKind, link: Link) -> None:
+        assert referral.id is not None
         pc = referral_view(referral)
         account_id = None
         if kind == "opportunity" and pc.get("customer"):
@@ -362,23 +369,26 @@ class SyncEngine:
             return f"referral {referral.id} was closed ({referral.substatus}) before it was ever synced; not created in the CRM"
         return None
 
-    def _claim_referral(self, referral: Referral, kind: CrmObjectKind) -> Link | None:
-        """The write-ahead `creating` link of a new referral; None when another worker linked it
-        already (then it was synced here instead)."""
+    def _claim_referral(self, referral: Referral, kind: CrmObjectKind, link: Link | None, owner: str) -> Link | None:
+        """The write-ahead `creating` link of a new referral, leased to `owner` (another worker
+        creating it makes this message wait: two upserts at once doubled child rows, issue 19);
+        None when another worker linked it already (then it was synced here instead)."""
         assert referral.id is not None
         link_id = link_id_for_referral(referral.id)
-        try:
-            return self.state.create_link(
-                Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
-            )
-        except AlreadyExistsError:
-            link = self.state.get_link(link_id)
         if link is None:
-            raise SyncRetryError(f"link {link_id} vanished while being created") from None
+            intent = Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
+            try:
+                return self.state.create_link(
+                    intent.model_copy(update={"lease_owner": owner, "lease_until": self.clock() + LINK_LEASE})
+                )
+            except AlreadyExistsError:
+                link = self.state.get_link(link_id)
+            if link is None:
+                raise SyncRetryError(f"link {link_id} vanished while being created") from None
         if link.crm_id is not None:
             self._sync_link(link, referral=referral)
             return None
-        return link
+        return self._take_lease(link, owner, state="creating")
 
     def _adopt(self, record: CrmRecord, referral_id: str) -> None:
         """A CRM record that names its referral, but no link (state lost, or records made by
@@ -565,15 +575,11 @@ class SyncEngine:
         """At most one sync of a link at a time, across threads and Function instances: a lease on
         the link row, taken under its ETag, expiring by itself if its holder dies. A busy link makes
         this message wait (`LinkBusyError`); when it runs again it finds the holder's result and
-        usually nothing left to do, so a burst collapses into one sync after the running one. A
-        `creating` intent's lease is waited out whole: its holder's POST may still land."""
+        usually nothing left to do, so a burst collapses into one sync after the running one."""
         now = self.clock()
         if link.leased_to_another(owner, now):
-            assert link.lease_until is not None
-            remaining = (link.lease_until - now).total_seconds() if link.state == "creating" else 0.0
             raise LinkBusyError(
-                f"link {link.link_id} is being synced by another worker",
-                retry_after_seconds=max(remaining, BUSY_RETRY_SECONDS),
+                f"link {link.link_id} is being synced by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
             )
         try:
             return self.state.save_link(

@@ -197,3 +197,28 @@ def test_a_crm_create_retried_after_the_seller_accepted_does_not_revert_the_acce
     stored = world.pc.referrals[referral.id]
     assert (stored["status"], stored["substatus"]) == ("Active", "Accepted")
     assert len(world.crm.by_referral(referral.id)) == 1
+
+
+def test_a_second_message_for_a_referral_being_created_in_the_crm_waits_and_writes_no_second_contact_role() -> None:
+    world = World.build()
+    referral = world.pc.add(incoming())
+    assert referral.id is not None
+    referral_id = referral.id
+    real_upsert = world.crm.upsert_by_referral_id
+    busy: list[LinkBusyError] = []
+
+    def second_message_meanwhile(*args: Any) -> Any:
+        try:
+            world.engine.sync_referral(referral_id)  # the webhook delivered twice, or reconcile
+        except LinkBusyError as error:
+            busy.append(error)
+        return real_upsert(*args)
+
+    world.crm.upsert_by_referral_id = second_message_meanwhile  # type: ignore[assignment,method-assign]
+    world.engine.sync_referral(referral_id)
+    assert len(busy) == 1
+    assert [call for call, _, _ in world.crm.writes].count("set_contacts") == 1
+    world.crm.upsert_by_referral_id = real_upsert  # type: ignore[method-assign]
+    writes = len(world.crm.writes)
+    world.engine.sync_referral(referral_id)  # the delayed message: nothing left to do
+    assert len(world.crm.writes) == writes and len(world.crm.by_referral(referral_id)) == 1
