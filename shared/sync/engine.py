@@ -7,8 +7,9 @@ carries the plan out, and saves the new snapshot under the link row's ETag. So d
 our own writes coming back produce no diff (no ping-pong).
 
 Creates are idempotent: the CRM side by upsert on the referral id; the Partner Center side by a
-write-ahead `creating` link saved before the POST, and a lookup by `externalReferenceId` before
-any second POST.
+write-ahead `creating` link, leased before the POST, and a lookup by `externalReferenceId` before
+any second POST. One sync of a link runs at a time: it holds a lease on the link row, and a message
+for a busy link waits (`LinkBusyError`; the worker puts it back on the queue with a short delay).
 
 Errors (shared/sync/errors.py): transient ones (throttling, 5xx, timeouts, ETag races that keep
 losing) raise, so the queue retries with back-off; permanent ones (data Partner Center or the CRM
