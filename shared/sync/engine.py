@@ -461,6 +461,16 @@ class SyncEngine:
                 self._refuse_new(record, link, f"Partner Center refused the referral: {error}")
                 return
         link = self.state.save_link(link.model_copy(update={"referral_id": referral.id}))
+        try:
+            self._link_new_referral(record, view, link, referral)
+        except Exception:
+            # The referral id is saved: a retry reads it back and needs no wait for a POST to land.
+            self._release_lease(link.link_id, owner)
+            raise
+
+    def _link_new_referral(self, record: CrmRecord, view: View, link: Link, referral: Referral) -> None:
+        """Write the new referral's id and mirrors back to the CRM record and link them."""
+        ref = record.ref
         pc = referral_view(referral)
         write_back = mirror_columns(pc, view, self._link_url(referral))
         write_back["referral_id"] = referral.id
