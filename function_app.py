@@ -79,6 +79,7 @@ def process_sync_request(message: func.QueueMessage) -> None:
     worker.process(
         bootstrap.state_store,
         bootstrap.sync_engine,
+        bootstrap.queue_producer,
         payload=message.get_body().decode("utf-8", errors="replace"),
         dequeue_count=getattr(message, "dequeue_count", None) or 0,
     )

@@ -7,8 +7,9 @@ carries the plan out, and saves the new snapshot under the link row's ETag. So d
 our own writes coming back produce no diff (no ping-pong).
 
 Creates are idempotent: the CRM side by upsert on the referral id; the Partner Center side by a
-write-ahead `creating` link saved before the POST, and a lookup by `externalReferenceId` before
-any second POST.
+write-ahead `creating` link, leased before the POST, and a lookup by `externalReferenceId` before
+any second POST. One sync of a link runs at a time: it holds a lease on the link row, and a message
+for a busy link waits (`LinkBusyError`; the worker puts it back on the queue with a short delay).
 
 Errors (shared/sync/errors.py): transient ones (throttling, 5xx, timeouts, ETag races that keep
 losing) raise, so the queue retries with back-off; permanent ones (data Partner Center or the CRM
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -49,9 +51,11 @@ from shared.partner_center.client import (
 )
 from shared.settings import Settings
 from shared.sync.plan import (
+    MIRRORS,
     CrmPlan,
     Facts,
     PartnerCenterPlan,
+    as_written,
     fingerprint,
     mirror_columns,
     next_snapshot,
@@ -80,12 +84,31 @@ message is retried later by the queue."""
 CREATE_LOOKUP_MARGIN = dt.timedelta(minutes=10)
 """How far before a `creating` intent the retry looks for the referral it may have created."""
 
-CREATE_SETTLE_MARGIN = dt.timedelta(seconds=1)
-"""Beyond the Partner Center HTTP timeout, how long a create that timed out may still take to land."""
+CREATE_SETTLE_MARGIN = dt.timedelta(seconds=10)
+"""Beyond the Partner Center HTTP timeout, how long a create that timed out may still take to land.
+Partner Center commits some creates seconds after answering late (chaos runs saw a 1 s margin miss
+them, issue 19); nothing documents a bound, so this is a measured guess, and a referral landing
+later still is caught as a stray (audit) and by reconcile, not merged."""
+
+LINK_LEASE = dt.timedelta(minutes=2)
+"""How long a sync may hold its link: far beyond a sync's few calls (each retried within 5 s,
+shared/retry.py), and the longest a dead holder keeps others waiting."""
+
+BUSY_RETRY_SECONDS = 5.0
+"""How soon a message for a link another worker is syncing is worth running again."""
 
 
 class SyncRetryError(Exception):
     """Worth retrying later (the queue does): both sides kept changing while we merged."""
+
+
+class LinkBusyError(SyncRetryError):
+    """Another worker holds the link's lease (or may still be creating its referral): this message
+    is worth running again after `retry_after_seconds`, not lost and not run alongside."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 def _now() -> dt.datetime:
@@ -139,6 +162,9 @@ class SyncEngine:
             if link is not None and link.state == "creating":
                 log.info("referral %s is being created from CRM record %s", referral.id, link.crm_id)
                 return
+            if link is not None and link.referral_id not in (None, referral.id):
+                self._record_stray(referral, link)
+                return
         if link is None or link.crm_id is None:
             self._create_in_crm(referral, link)
             return
@@ -186,6 +212,18 @@ class SyncEngine:
             self._create_in_pc(record, link)
             return
         self._sync_link(link, record=record)
+
+    def _record_stray(self, referral: Referral, link: Link) -> None:
+        """A referral that names a CRM record (`externalReferenceId`) already linked to another
+        referral: a duplicate made by a create Partner Center committed unseen, or someone's copy.
+        Merging it would write its values over the seller's record, so it is only said, in the
+        link's audit (the status page shows it), for an admin to close in Partner Center."""
+        message = (
+            f"stray referral {referral.id} names {link.crm_object} {link.crm_id} as its external reference, "
+            f"which is linked to referral {link.referral_id}; not synced (close the stray in Partner Center)"
+        )
+        log.warning("link %s: %s", link.link_id, message)
+        self.state.append_audit(link.link_id, direction="pc->crm", outcome="stray", message=message)
 
     # ---- helpers: finding things ----------------------------------------------------------------------
     def _our_referral_of(self, microsoft: Referral) -> Referral | None:
@@ -262,10 +300,17 @@ class SyncEngine:
                 link_id_for_referral(referral.id), direction="pc->crm", outcome="skipped", message=skipped
             )
             return
-        if link is None:
-            link = self._claim_referral(referral, kind)
-            if link is None:
-                return
+        owner = uuid.uuid4().hex
+        claimed = self._claim_referral(referral, kind, link, owner)
+        if claimed is None:
+            return
+        try:
+            self._write_new_crm_record(referral, kind, claimed)
+        finally:  # an upsert by referral id is safe to run again: let the queue's retry in at once
+            self._release_lease(claimed.link_id, owner)
+
+    def _write_new_crm_record(self, referral: Referral, kind: CrmObjectKind, link: Link) -> None:
+        assert referral.id is not None
         pc = referral_view(referral)
         account_id = None
         if kind == "opportunity" and pc.get("customer"):
@@ -299,9 +344,19 @@ class SyncEngine:
             return
         ref = result.ref
         self._write_related(ref, {name: value for name, value in fields.items() if value}, account_id)
+        # Linked at once, with what we wrote as the base: a retry after a later failure merges with
+        # the record (a seller's acceptance meanwhile is a change to send) instead of upserting
+        # Partner Center's values, pending stage included, over it again (issue 19). No `pc_etag`
+        # yet, so the retry does not take the referral as synced.
+        view = self._crm_view(self.crm.read(ref))
+        link = self._save(
+            link.model_copy(
+                update={"crm_object": kind, "crm_id": ref.id, "state": "linked", "snapshot": snapshot(pc, view, view)}
+            )
+        )
         line = f"Partner Center -> CRM: created from Partner Center referral {referral.id}"
         line = "; ".join([line, *notes])
-        self._finish_linked(link, ref, referral, pc, line, direction="pc->crm")
+        self._finish_linked(link, ref, referral, pc, line, direction="pc->crm", before=view)
         log.info("referral %s -> new CRM %s %s", referral.id, kind, ref.id)
 
     def _not_for_the_crm(self, referral: Referral, kind: CrmObjectKind, link: Link | None) -> str | None:
@@ -315,23 +370,26 @@ class SyncEngine:
             return f"referral {referral.id} was closed ({referral.substatus}) before it was ever synced; not created in the CRM"
         return None
 
-    def _claim_referral(self, referral: Referral, kind: CrmObjectKind) -> Link | None:
-        """The write-ahead `creating` link of a new referral; None when another worker linked it
-        already (then it was synced here instead)."""
+    def _claim_referral(self, referral: Referral, kind: CrmObjectKind, link: Link | None, owner: str) -> Link | None:
+        """The write-ahead `creating` link of a new referral, leased to `owner` (another worker
+        creating it makes this message wait: two upserts at once doubled child rows, issue 19);
+        None when another worker linked it already (then it was synced here instead)."""
         assert referral.id is not None
         link_id = link_id_for_referral(referral.id)
-        try:
-            return self.state.create_link(
-                Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
-            )
-        except AlreadyExistsError:
-            link = self.state.get_link(link_id)
         if link is None:
-            raise SyncRetryError(f"link {link_id} vanished while being created") from None
+            intent = Link(link_id=link_id, referral_id=referral.id, crm_object=kind, state="creating")
+            try:
+                return self.state.create_link(
+                    intent.model_copy(update={"lease_owner": owner, "lease_until": self.clock() + LINK_LEASE})
+                )
+            except AlreadyExistsError:
+                link = self.state.get_link(link_id)
+            if link is None:
+                raise SyncRetryError(f"link {link_id} vanished while being created") from None
         if link.crm_id is not None:
             self._sync_link(link, referral=referral)
             return None
-        return link
+        return self._take_lease(link, owner, state="creating")
 
     def _adopt(self, record: CrmRecord, referral_id: str) -> None:
         """A CRM record that names its referral, but no link (state lost, or records made by
@@ -382,15 +440,20 @@ class SyncEngine:
             self._refuse_new(record, link, "Not sent to Partner Center: " + "; ".join(problems))
             return
         retrying = link is not None and link.state == "creating"
-        link = self._write_ahead(ref, link)
-        if link is None:
-            return  # another worker is on it; its result reaches the CRM
+        # An expired lease was taken out before its holder's POST, so that POST has landed or never will.
+        settled = retrying and link is not None and link.lease_until is not None
+        # ...and it was taken out (lease_until - settle) before that POST: the lookup starts there.
+        posted_after = link.lease_until - self._create_settle() if settled and link and link.lease_until else None
+        owner = uuid.uuid4().hex
+        link = self._write_ahead(ref, link, owner)
         try:
-            referral = self._referral_of_intent(link, retrying)
+            referral = self._referral_of_intent(link, retrying, posted_after=posted_after)
         except PartnerCenterNotFoundError as gone:
             self._unlink_missing(link, gone)
             return
         if referral is None:
+            # the claim, under the row's ETag, right before the POST
+            link = self._take_lease(link, owner, self._create_settle(), state="creating")
             body = new_referral(view, crm_record_id=ref.id, accept_country_names=self.settings.accept_country_names)
             try:
                 referral = self.pc.create_referral(body)
@@ -398,6 +461,16 @@ class SyncEngine:
                 self._refuse_new(record, link, f"Partner Center refused the referral: {error}")
                 return
         link = self.state.save_link(link.model_copy(update={"referral_id": referral.id}))
+        try:
+            self._link_new_referral(record, view, link, referral)
+        except Exception:
+            # The referral id is saved: a retry reads it back and needs no wait for a POST to land.
+            self._release_lease(link.link_id, owner)
+            raise
+
+    def _link_new_referral(self, record: CrmRecord, view: View, link: Link, referral: Referral) -> None:
+        """Write the new referral's id and mirrors back to the CRM record and link them."""
+        ref = record.ref
         pc = referral_view(referral)
         write_back = mirror_columns(pc, view, self._link_url(referral))
         write_back["referral_id"] = referral.id
@@ -406,40 +479,53 @@ class SyncEngine:
             write_back.update(visible.crm_columns(True, ref.kind))  # co-sell is always shared with Microsoft sellers
         self.crm.update_fields(ref, RecordUpdate(**write_back))
         line = f"CRM -> Partner Center: created Partner Center referral {referral.id}"
-        link, fresh = self._finish_linked(link, ref, referral, pc, line, direction="crm->pc")
+        link, fresh = self._finish_linked(
+            link, ref, referral, pc, line, direction="crm->pc", before=view, written=MIRRORS | {"visible"}
+        )
         log.info("%s %s -> new referral %s", ref.kind, ref.id, referral.id)
         # A deal synced when already closed: the status rules close the referral right away.
         self._sync_link(link, referral=referral, record=fresh)
 
-    def _write_ahead(self, ref: CrmRef, link: Link | None) -> Link | None:
-        """The `creating` intent saved before any POST; None when another worker holds it."""
-        if link is None:
-            try:
-                return self.state.create_link(
-                    Link(
-                        link_id=link_id_for_crm(ref.kind, ref.id), crm_object=ref.kind, crm_id=ref.id, state="creating"
-                    )
-                )
-            except AlreadyExistsError:
-                return None
-        if link.state != "creating":
-            return self.state.save_link(link.model_copy(update={"state": "creating"}))
-        return link
+    def _create_settle(self) -> dt.timedelta:
+        """How long after it was sent a Partner Center create can still land: a `creating` intent's
+        lease lasts this long, so whoever takes it over after it expires can trust a lookup."""
+        return dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
 
-    def _referral_of_intent(self, link: Link, retrying: bool) -> Referral | None:
+    def _write_ahead(self, ref: CrmRef, link: Link | None, owner: str) -> Link:
+        """The `creating` intent, leased to `owner`, saved before any POST. Another worker holding it
+        (or winning the race to it) makes this message wait (`LinkBusyError`): two messages for one
+        new record can never both POST."""
+        if link is None:
+            intent = Link(
+                link_id=link_id_for_crm(ref.kind, ref.id),
+                crm_object=ref.kind,
+                crm_id=ref.id,
+                state="creating",
+                lease_owner=owner,
+                lease_until=self.clock() + self._create_settle(),
+            )
+            try:
+                return self.state.create_link(intent)
+            except AlreadyExistsError:
+                raise LinkBusyError(
+                    f"link {intent.link_id} is being created by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+                ) from None
+        return self._take_lease(link, owner, self._create_settle(), state="creating")
+
+    def _referral_of_intent(self, link: Link, retrying: bool, *, posted_after: dt.datetime | None) -> Referral | None:
         """The referral this intent already has, or one an earlier attempt may have created."""
         if link.referral_id:
             return self.pc.get_referral(link.referral_id)
         if not retrying or link.crm_id is None:
             return None
         # The earlier POST may still be on its way to Partner Center (its answer was lost, not
-        # necessarily the request): look only once it can no longer land unseen.
-        settle = dt.timedelta(seconds=self.settings.pc_http_timeout_seconds) + CREATE_SETTLE_MARGIN
-        remaining = (link.updated_at + settle - self.clock()).total_seconds()
-        if remaining > 0:
+        # necessarily the request): look only once it can no longer land unseen. An intent without
+        # a lease (saved before leases) waits here; a leased one waited for its lease to expire.
+        remaining = (link.updated_at + self._create_settle() - self.clock()).total_seconds()
+        if remaining > 0 and posted_after is None:
             log.info("waiting %.1f s for an earlier create of %s to land before looking", remaining, link.link_id)
             self.sleep(remaining)
-        referral = self._find_created_referral(link.crm_id, since=link.updated_at)
+        referral = self._find_created_referral(link.crm_id, since=posted_after or link.updated_at)
         if referral is not None:
             log.info("found referral %s created by an earlier attempt for %s", referral.id, link.link_id)
         return referral
@@ -469,7 +555,7 @@ class SyncEngine:
         or our own write came back): nothing, so our write cannot start a loop."""
         if link.last_error == message:
             return
-        update: dict[str, Any] = {"status": "error", "last_error": message}
+        update: dict[str, Any] = {"status": "error", "last_error": message, "lease_owner": None, "lease_until": None}
         if state is not None:
             update["state"] = state
         if ref is not None:
@@ -489,6 +575,50 @@ class SyncEngine:
         related: Referral | None = None,
     ) -> None:
         assert link.referral_id is not None and link.crm_object is not None and link.crm_id is not None
+        owner = uuid.uuid4().hex
+        link = self._take_lease(link, owner)
+        try:
+            self._sync_leased(link, referral=referral, record=record, related=related)
+        finally:
+            self._release_lease(link.link_id, owner)
+
+    def _take_lease(self, link: Link, owner: str, duration: dt.timedelta = LINK_LEASE, **update: Any) -> Link:
+        """At most one sync of a link at a time, across threads and Function instances: a lease on
+        the link row, taken under its ETag, expiring by itself if its holder dies. A busy link makes
+        this message wait (`LinkBusyError`); when it runs again it finds the holder's result and
+        usually nothing left to do, so a burst collapses into one sync after the running one."""
+        now = self.clock()
+        if link.leased_to_another(owner, now):
+            raise LinkBusyError(
+                f"link {link.link_id} is being synced by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+            )
+        try:
+            return self.state.save_link(
+                link.model_copy(update={**update, "lease_owner": owner, "lease_until": now + duration})
+            )
+        except ConcurrencyConflictError:
+            raise LinkBusyError(
+                f"link {link.link_id} was taken by another worker", retry_after_seconds=BUSY_RETRY_SECONDS
+            ) from None
+
+    def _release_lease(self, link_id: str, owner: str) -> None:
+        current = self.state.get_link(link_id)
+        if current is None or current.lease_owner != owner:
+            return  # released already (the link was re-linked or marked in error), or expired and taken
+        try:
+            self.state.save_link(current.model_copy(update={"lease_owner": None, "lease_until": None}))
+        except ConcurrencyConflictError:
+            log.warning("link %s changed before its lease was released; the lease expires by itself", link_id)
+
+    def _sync_leased(
+        self,
+        link: Link,
+        *,
+        referral: Referral | None = None,
+        record: CrmRecord | None = None,
+        related: Referral | None = None,
+    ) -> None:
+        assert link.referral_id is not None and link.crm_object is not None and link.crm_id is not None
         for attempt in range(1, MAX_MERGE_ATTEMPTS + 1):
             try:
                 referral = referral or self.pc.get_referral(link.referral_id)
@@ -497,8 +627,16 @@ class SyncEngine:
                 self._unlink_missing(link, gone)
                 return
             try:
-                self._merge_and_write(link, referral, record, related)
-                return
+                changed_meanwhile = self._merge_and_write(link, referral, record, related)
+                if changed_meanwhile is None:
+                    return
+                log.info(
+                    "%s %s changed while we wrote; merging again (attempt %d)", record.ref.kind, record.ref.id, attempt
+                )
+                fresh = self.state.get_link(link.link_id)
+                if fresh is None or fresh.crm_id is None:
+                    raise SyncRetryError(f"link {link.link_id} changed shape while we merged")
+                link, referral, record = fresh, None, changed_meanwhile
             except PartnerCenterConflictError:
                 log.info(
                     "referral %s changed while we merged (412); merging again (attempt %d)", link.referral_id, attempt
@@ -536,9 +674,12 @@ class SyncEngine:
         log.warning("link %s: %s", link.link_id, message)
         self._record_error(link, message, direction="both", ref=ref, state="error")
 
-    def _merge_and_write(self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None) -> None:
+    def _merge_and_write(
+        self, link: Link, referral: Referral, record: CrmRecord, related: Referral | None
+    ) -> CrmRecord | None:
         """Plan (shared/sync/plan.py), then carry the plan out: patch Partner Center, write the CRM,
-        say what happened on the record and in the audit, save the new snapshot."""
+        say what happened on the record and in the audit, save the new snapshot. Returns the CRM
+        record when someone changed it while we wrote (that change is still to be synced)."""
         pc = referral_view(referral, self._context(related))
         crm = self._crm_view(record)
         base_pc, base_crm = normalised(link.snapshot.get("pc") or {}), normalised(link.snapshot.get("crm") or {})
@@ -551,7 +692,7 @@ class SyncEngine:
         if crm_plan.follow_opportunity is not None:
             # A converted lead is read-only in both CRMs: the referral moves on to the opportunity.
             self._follow_conversion(link, updated, crm_plan.follow_opportunity, pc_plan.sent_labels())
-            return
+            return None
         crm_written = self._write_crm(record.ref, crm_plan)
         outcome = plan_outcome(pc_plan, crm_written, facts)
         fresh = record
@@ -561,7 +702,9 @@ class SyncEngine:
         elif crm_written:
             fresh = self.crm.read(record.ref)
         error = pc_plan.error
-        new_snapshot = next_snapshot(pc_after, self._crm_view(fresh), base_crm, pc_plan)
+        fresh_view = self._crm_view(fresh)
+        left = as_written(crm, fresh_view, crm_plan.written)  # the base is what we wrote (issue 19)
+        new_snapshot = next_snapshot(pc_after, left, base_crm, pc_plan)
         if new_snapshot != link.snapshot or updated.e_tag != link.pc_etag or error != link.last_error:
             wrote = bool(pc_plan.sent_labels() or crm_written)
             link = self._save(
@@ -580,6 +723,7 @@ class SyncEngine:
                 link.link_id, direction=outcome.audit_direction, outcome=outcome.audit_outcome, message=outcome.line
             )
             log.info("link %s: %s", link.link_id, outcome.line)
+        return None if fresh_view == left else fresh
 
     def _facts(self, link: Link, referral: Referral, record: CrmRecord) -> Facts:
         return Facts(
@@ -664,13 +808,26 @@ class SyncEngine:
         return self._finish_linked(link, opportunity, referral, pc, line, direction="pc->crm")[0]
 
     def _finish_linked(
-        self, link: Link, ref: CrmRef, referral: Referral, pc: View, line: str, *, direction: str
+        self,
+        link: Link,
+        ref: CrmRef,
+        referral: Referral,
+        pc: View,
+        line: str,
+        *,
+        direction: str,
+        before: View | None = None,
+        written: frozenset[str] = frozenset(),
     ) -> tuple[Link, CrmRecord]:
         """After writing a new or moved link's CRM record: mark it Synced with `line` in its audit,
-        read it back once, and save the link as linked with both sides as the new merge base."""
+        read it back once, and save the link as linked with both sides as the new merge base. With
+        `before` (the record as read before we wrote `written`), the CRM base is what we wrote, so a
+        seller's edit landing meanwhile stays a change to sync (issue 19)."""
         self.crm.set_sync_result(ref, "Synced", self.clock(), audit_line=line)
         record = self.crm.read(ref)
         view = self._crm_view(record)
+        if before is not None:
+            view = as_written(before, view, written)
         linked = link.model_copy(
             update={
                 "crm_object": ref.kind,
@@ -681,6 +838,8 @@ class SyncEngine:
                 "pc_etag": referral.e_tag,
                 "last_synced_at": self.clock(),
                 "snapshot": snapshot(pc, view, view),
+                "lease_owner": None,
+                "lease_until": None,
             }
         )
         saved = self._save(linked)

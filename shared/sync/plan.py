@@ -154,6 +154,26 @@ class CrmPlan:
     def writes(self) -> bool:
         return bool(self.changes or self.columns)
 
+    @property
+    def written(self) -> frozenset[str]:
+        """The view's fields this write sets (the stage moves the status fields)."""
+        status = STATUS_FIELDS if "lifecycle" in self.columns else frozenset()
+        return frozenset(self.changes) | MIRRORS | status
+
+
+STATUS_FIELDS = frozenset({"lifecycle", "response"})
+"""The view's fields the CRM stage (and a response column) say."""
+MIRRORS = frozenset(spec.name for spec in mirror_fields())
+
+
+def as_written(before: View, after: View, written: frozenset[str]) -> View:
+    """The CRM record as we left it: what we read first, with the CRM's own reading of the fields we
+    wrote. A field we did not write that reads differently afterwards was changed by someone else
+    meanwhile (a seller): it must stay a change to sync, never be absorbed into the merge base."""
+    view = {name: value for name, value in before.items() if name not in written}
+    view.update({name: value for name, value in after.items() if name in written})
+    return view
+
 
 def mirror_columns(pc: View, crm: View, referral_link: str | None) -> dict[str, Any]:
     """Partner Center -> CRM read-only fields that differ: they simply follow Partner Center."""

@@ -8,6 +8,7 @@ default (host.json `messageEncoding: base64`), so the SDK producer sets the matc
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,9 +117,11 @@ class QueueProducer:
                 pass
         return len(messages)
 
-    def send_text(self, text: str, *, queue: str) -> str:
-        """Enqueue a raw text body (used to replay a dead letter exactly as it was)."""
-        sent = self._queue(queue).send_message(text)
+    def send_text(self, text: str, *, queue: str, delay_seconds: float = 0) -> str:
+        """Enqueue a raw text body (a dead letter replayed, a message for a busy link delayed)
+        exactly as it was; `delay_seconds` keeps it invisible that long (whole seconds, rounded up)."""
+        delay = math.ceil(delay_seconds) if delay_seconds > 0 else None
+        sent = self._queue(queue).send_message(text, visibility_timeout=delay)
         return str(sent.id)
 
     def depth(self, queue: str) -> int:

@@ -137,7 +137,13 @@ class Link(BaseModel):
     created_at: dt.datetime = Field(default_factory=_now)
     updated_at: dt.datetime = Field(default_factory=_now)
     last_synced_at: dt.datetime | None = None
+    lease_owner: str | None = Field(default=None, description="who holds the link's lease (one sync at a time)")
+    lease_until: dt.datetime | None = Field(default=None, description="when the lease expires if never released")
     etag: str | None = Field(default=None, description="the row's ETag when read; not stored")
+
+    def leased_to_another(self, owner: str, now: dt.datetime) -> bool:
+        """Someone else holds an unexpired lease on this link."""
+        return self.lease_owner not in (None, owner) and self.lease_until is not None and self.lease_until > now
 
     def _entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {
@@ -153,6 +159,8 @@ class Link(BaseModel):
             "CreatedAt": self.created_at,
             "UpdatedAt": self.updated_at,
             "LastSyncedAt": self.last_synced_at,
+            "LeaseOwner": self.lease_owner,
+            "LeaseUntil": self.lease_until,
         }
         entity.update(_split_json("Snapshot", self.snapshot))
         return {key: value for key, value in entity.items() if value is not None}
@@ -172,6 +180,8 @@ class Link(BaseModel):
             created_at=entity.get("CreatedAt") or _now(),
             updated_at=entity.get("UpdatedAt") or _now(),
             last_synced_at=entity.get("LastSyncedAt"),
+            lease_owner=entity.get("LeaseOwner"),
+            lease_until=entity.get("LeaseUntil"),
             etag=_etag_of(entity),
         )
 

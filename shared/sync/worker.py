@@ -19,9 +19,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared import telemetry
-from shared.sync.engine import SyncEngine
+from shared.sync.engine import LinkBusyError, SyncEngine
 from shared.sync.failures import run_recording_failures
-from shared.sync.queues import SYNC_QUEUE, CrmChange, PartnerCenterChange, message_attributes, parse_sync_request
+from shared.sync.queues import (
+    SYNC_QUEUE,
+    CrmChange,
+    PartnerCenterChange,
+    QueueProducer,
+    message_attributes,
+    parse_sync_request,
+)
 from shared.sync.state import Link, StateStore
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 def process(
     state: Callable[[], StateStore],
     engine: Callable[[], SyncEngine],
+    producer: Callable[[], QueueProducer],
     *,
     payload: str,
     dequeue_count: int,
@@ -59,7 +67,7 @@ def process(
                 queue=SYNC_QUEUE,
                 payload=payload,
                 dequeue_count=dequeue_count,
-                handler=lambda: _handle(engine(), request),
+                handler=lambda: _handle(engine(), producer, request, payload),
             )
         except Exception as error:
             result = {telemetry.OUTCOME: "retry", telemetry.ERROR_REASON: type(error).__name__}
@@ -70,6 +78,9 @@ def process(
             result = {telemetry.OUTCOME: "dead_letter", telemetry.ERROR_REASON: "needs an admin"}
             span.set_attributes(result)
             log.error("sync %s: dead letter (needs an admin)", _subject(request), extra={**attributes, **result})
+            return
+        if handled == "busy":
+            span.set_attribute(telemetry.OUTCOME, "delayed")
             return
         result = _result(state(), request, started)
         span.set_attributes(result)
@@ -83,9 +94,20 @@ def process(
         )
 
 
-def _handle(engine: SyncEngine, request: PartnerCenterChange | CrmChange) -> bool:
-    engine.handle(request)
-    return True  # told apart from run_recording_failures' None for a message dead-lettered at once
+def _handle(
+    engine: SyncEngine, producer: Callable[[], QueueProducer], request: PartnerCenterChange | CrmChange, payload: str
+) -> str:
+    """ "synced" (told apart from run_recording_failures' None for a message dead-lettered at once),
+    or "busy" when another worker is syncing this link: not a failure. The message comes back
+    shortly without using up one of its deliveries (a failed one would wait the whole
+    visibilityTimeout and count towards the poison queue); if sending fails, a normal retry."""
+    try:
+        engine.handle(request)
+    except LinkBusyError as busy:
+        producer().send_text(payload, queue=SYNC_QUEUE, delay_seconds=busy.retry_after_seconds)
+        log.info("%s; the message comes back in %.0f s", busy, busy.retry_after_seconds)
+        return "busy"
+    return "synced"
 
 
 def _subject(request: PartnerCenterChange | CrmChange) -> str:

@@ -129,6 +129,7 @@ class Backfill:
                     worker.process(
                         bootstrap.state_store,
                         bootstrap.sync_engine,
+                        bootstrap.queue_producer,
                         payload=message.content,
                         dequeue_count=message.dequeue_count or 1,
                     )

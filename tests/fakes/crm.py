@@ -65,6 +65,9 @@ class FakeCrm:
         self.writes: list[tuple[str, CrmRef, dict[str, Any]]] = []
         self._ids = itertools.count(1)
         self._failure: Exception | None = None
+        self.after_write: Callable[[CrmRef], None] | None = None
+        """Runs once after the next integration write (upsert or field update): lets a seller's edit
+        land between the engine's first read and its re-read."""
 
     # ---- test controls ----------------------------------------------------------------------------
     def seller_creates(self, kind: CrmObjectKind, values: RecordUpdate, **record: Any) -> CrmRef:
@@ -122,6 +125,7 @@ class FakeCrm:
         keyed.model_fields_set.add("referral_id")
         self.records[(kind, ref.id)] = self._applied(blank, keyed, by_integration=True)
         self.writes.append(("upsert", ref, values.written()))
+        self._after_write(ref)
         return UpsertResult(ref=ref, created=True)
 
     def find_or_create_account(self, account: CrmAccount) -> str:
@@ -155,6 +159,7 @@ class FakeCrm:
         self._refuse_if_asked()
         self.records[(ref.kind, ref.id)] = self._applied(self.read(ref), values, by_integration=True)
         self.writes.append(("update_fields", ref, values.written()))
+        self._after_write(ref)
 
     def set_sync_result(
         self, ref: CrmRef, status: SyncStatus, at: dt.datetime, *, audit_line: str | None = None
@@ -167,6 +172,11 @@ class FakeCrm:
         self._replace(ref, "set_sync_result", {"status": status, "audit_line": audit_line}, connector=connector)
 
     # ---- inside -------------------------------------------------------------------------------------
+    def _after_write(self, ref: CrmRef) -> None:
+        if self.after_write is not None:
+            hook, self.after_write = self.after_write, None
+            hook(ref)
+
     def _refuse_if_asked(self) -> None:
         if self._failure is not None:
             error, self._failure = self._failure, None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 
 import pytest
 
+from shared.sync.engine import LinkBusyError, SyncEngine
 from shared.sync.state import (
     AlreadyExistsError,
     ConcurrencyConflictError,
@@ -16,6 +18,7 @@ from shared.sync.state import (
     link_id_for_referral,
 )
 from shared.sync.storage import StorageAccount
+from tests.fakes.world import World
 
 pytestmark = pytest.mark.azurite
 
@@ -165,3 +168,45 @@ def test_a_dead_letter_carries_the_last_recorded_failure(state: StateStore) -> N
     assert state.list_dead_letters(limit=1)[0].id == letter.id  # newest first
     state.mark_dead_letter_replayed(letter.id)
     assert state.count_dead_letters() == before
+
+
+def test_a_links_lease_round_trips_and_only_one_of_two_racing_workers_takes_it(state: StateStore) -> None:
+    """The per-link lease (issue 19) is two columns on the link row, taken under its ETag."""
+    referral_id = new_referral_id()
+    link = state.create_link(Link(link_id=link_id_for_referral(referral_id), referral_id=referral_id))
+    assert link.lease_owner is None and link.lease_until is None  # a row without the columns reads as free
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
+    first = state.save_link(link.model_copy(update={"lease_owner": "worker-a", "lease_until": until}))
+    with pytest.raises(ConcurrencyConflictError):
+        state.save_link(link.model_copy(update={"lease_owner": "worker-b", "lease_until": until}))
+    stored = state.get_link(first.link_id)
+    assert stored is not None and stored.lease_owner == "worker-a" and stored.lease_until == until
+    assert stored.leased_to_another("worker-b", dt.datetime.now(dt.UTC))
+    assert not stored.leased_to_another("worker-b", until + dt.timedelta(seconds=1))  # expired: free again
+
+
+def test_two_engines_on_one_store_post_one_referral_for_one_new_record(storage: StorageAccount) -> None:
+    """Two messages for one new CRM record, the second arriving while the first one's POST is on
+    its way: with the link store on Azurite, the second waits (LinkBusyError) instead of posting."""
+    world = World.build()
+    store = StateStore(storage, clock=world.clock)
+    world.engine.state = store
+    ref = world.seller_deal()  # the fake CRM's ids are unique within this test session's Azurite
+    second = SyncEngine(
+        settings=world.engine.settings, state=store, partner_center=world.pc, crm=world.crm, clock=world.clock
+    )
+    real_create = world.pc.create_referral
+    busy: list[LinkBusyError] = []
+
+    def second_message_meanwhile(body: object) -> object:
+        try:
+            second.sync_crm_record(ref)
+        except LinkBusyError as error:
+            busy.append(error)
+        return real_create(body)  # type: ignore[arg-type]
+
+    world.pc.create_referral = second_message_meanwhile  # type: ignore[assignment,method-assign]
+    world.engine.sync_crm_record(ref)
+    assert len(world.pc.posts) == 1 and len(busy) == 1
+    link = store.find_link_by_crm("opportunity", ref.id)
+    assert link is not None and link.state == "linked" and link.lease_owner is None

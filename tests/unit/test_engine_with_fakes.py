@@ -11,7 +11,7 @@ import pytest
 
 from shared.crm.port import CrmCapabilities, CrmContact, CrmRef, CrmSolution, RecordUpdate, StageFacts
 from shared.partner_center.client import PartnerCenterUnavailableError
-from shared.sync.engine import SyncRetryError
+from shared.sync.engine import LinkBusyError, SyncRetryError
 from shared.sync.state import link_id_for_crm, link_id_for_referral
 from tests.fakes.world import DYNAMICS_LIKE, SALESFORCE_LIKE, World, incoming
 
@@ -323,7 +323,10 @@ def test_17_a_create_whose_answer_is_lost_is_found_again_instead_of_posted_twice
     with pytest.raises(PartnerCenterUnavailableError):
         world.engine.sync_crm_record(ref)
     world.pc.create_referral = real_create  # type: ignore[method-assign]
-    world.engine.sync_crm_record(ref)  # the queue's retry: waits out the settle time, then looks
+    with pytest.raises(LinkBusyError):
+        world.engine.sync_crm_record(ref)  # the queue's retry, too early: the POST may still land
+    world.clock.advance(world.engine.settings.pc_http_timeout_seconds + 11)
+    world.engine.sync_crm_record(ref)  # once the intent's lease expired: looks, finds it
     assert len(world.pc.posts) == 1
     (referral,) = world.pc.referrals.values()
     assert world.crm.read(ref).connector.referral_id == referral["id"]
@@ -353,7 +356,10 @@ def test_a_link_saved_by_another_worker_meanwhile_is_merged_again() -> None:
         assert current is not None
         world.links.save_link(current)
 
-    world.links.before_save = other_worker
+    def after_our_lease(_: object) -> None:  # a path that takes no lease (a create, an adoption)
+        world.links.before_save = other_worker
+
+    world.links.before_save = after_our_lease
     world.seller_edits(ref, notes="Seller notes 2")
     assert world.pc.referrals[referral_id]["details"]["notes"] == "Seller notes 2"
 
