@@ -23,7 +23,7 @@ COSELL = {
 }
 
 
-def _fy27(directory: Path) -> Path:
+def next_fiscal_year(directory: Path) -> Path:
     """A next fiscal year's file: one area renamed, one play added, one role dropped."""
     shutil.copy(TAXONOMY_DIR / "fy26.json", directory / "fy26.json")
     data = json.loads((TAXONOMY_DIR / "fy26.json").read_text(encoding="utf-8"))
@@ -44,7 +44,7 @@ def test_the_shipped_taxonomy_is_fy26_with_the_fy25_areas_retired() -> None:
 
 
 def test_a_newer_file_supersedes_and_retires_what_it_drops(tmp_path: Path) -> None:
-    loaded = load(_fy27(tmp_path))
+    loaded = load(next_fiscal_year(tmp_path))
     assert loaded.fiscal_year == "FY27"
     areas, retired_areas = loaded.picklist("solution_area")
     assert "Security and Identity" in areas and "Security" in retired_areas
