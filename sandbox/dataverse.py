@@ -36,7 +36,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -1195,6 +1195,25 @@ class DataverseSimulator(Simulator):
         table = self._metadata_table(request.path_params["key"])
         column = self._metadata_column(table, request.path_params["attribute"])
         return json_response(200, self._project(column.metadata(), parse_options(request.arg)))
+
+    @route(
+        "GET",
+        API + r"/EntityDefinitions\({key}\)/Attributes\({attribute}\)/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+    )
+    @api
+    def get_picklist_attribute(self, request: Request, caller: Caller) -> Response:
+        """A choice column cast to its metadata type: its options only with `$expand=OptionSet`."""
+        table = self._metadata_table(request.path_params["key"])
+        column = self._metadata_column(table, request.path_params["attribute"])
+        if column.type != "Picklist":
+            raise query_error(f"The attribute {column.logical_name} is not a PicklistAttributeMetadata.")
+        options = parse_options(request.arg)
+        item = column.metadata()
+        option_set = item.pop("OptionSet")
+        projected = self._project(item, replace(options, expand={}))
+        if "OptionSet" in options.expand:
+            projected["OptionSet"] = option_set
+        return json_response(200, projected)
 
     def _metadata_column(self, table: TableDef, key_segment: str) -> ColumnDef:
         key = unquote(key_segment)

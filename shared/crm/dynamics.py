@@ -18,6 +18,7 @@ Wire contract: crm-apis.md part B. Choices made here, and why:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from shared.crm.dynamics_http import (
     entity_id_of,
     odata_string,
 )
+from shared.crm.dynamics_schema import load_schema
 from shared.crm.port import (
     SYNC_MARK_FAILED,
     SYNC_MARK_OK,
@@ -99,6 +101,10 @@ CONNECTOR_COLUMNS = {
     "decline_reason": "pcs_declinereason",
     "referral_status": "pcs_referralstatus",
     "microsoft_crm_id": "pcs_microsoftcrmid",
+    "solution_area": "pcs_solutionarea",
+    "solution_play": "pcs_solutionplay",
+    "partner_role": "pcs_partnerrole",
+    "marketplace_intent": "pcs_marketplaceintent",
     "sync_status": "pcs_syncstatus",
     "last_synced": "pcs_lastsynced",
     "audit": "pcs_audit",
@@ -121,6 +127,16 @@ _CHOICES: dict[str, dict[str, int]] = {
     "pcs_referralresponse": REFERRAL_RESPONSE_OPTIONS,
     "pcs_syncstatus": SYNC_STATUS_OPTIONS,
 }
+_SCHEMA_CHOICES = ("pcs_solutionarea", "pcs_solutionplay", "pcs_partnerrole", "pcs_marketplaceintent")
+"""Choices whose options are the schema's (the co-sell taxonomy's), read on first use."""
+
+
+@functools.cache
+def _options(column: str) -> dict[str, int]:
+    if column in _CHOICES:
+        return _CHOICES[column]
+    (found,) = (item for item in load_schema().table("opportunity").columns if item.logical_name == column)
+    return {option.label: option.value for option in found.options}
 
 
 class _Kind:
@@ -156,7 +172,7 @@ _SOLUTION_COLUMNS = ("pcs_partnercentersolutionid", "pcs_name", "pcs_solutionid"
 def _choice_label(column: str, value: Any) -> str | None:
     if value is None:
         return None
-    for label, option in _CHOICES[column].items():
+    for label, option in _options(column).items():
         if option == value:
             return label
     return None
@@ -166,10 +182,10 @@ def _choice_value(column: str, label: str | None) -> int | None:
     if label is None:
         return None
     try:
-        return _CHOICES[column][label]
+        return _options(column)[label]
     except KeyError as error:
         raise CrmValidationError(
-            f"{label!r} is not a valid value of {column}; expected one of {', '.join(_CHOICES[column])}",
+            f"{label!r} is not a valid value of {column}; expected one of {', '.join(_options(column))}",
             fields=[column],
         ) from error
 
@@ -523,6 +539,10 @@ class DynamicsCrm:
             decline_reason=column("decline_reason"),
             referral_status=column("referral_status"),
             microsoft_crm_id=column("microsoft_crm_id"),
+            solution_area=_choice_label("pcs_solutionarea", column("solution_area")),
+            solution_play=_choice_label("pcs_solutionplay", column("solution_play")),
+            partner_role=_choice_label("pcs_partnerrole", column("partner_role")),
+            marketplace_intent=_choice_label("pcs_marketplaceintent", column("marketplace_intent")),
             sync_status=_choice_label("pcs_syncstatus", column("sync_status")),
             last_synced=_parse_time(column("last_synced")),
             audit=column("audit") or "",
@@ -553,7 +573,8 @@ class DynamicsCrm:
                 body[KINDS[kind].name_column] = with_sync_mark(str(value or ""), _mark_of(current_name))
             elif name in CONNECTOR_COLUMNS:
                 column = CONNECTOR_COLUMNS[name]
-                body[column] = _choice_value(column, value) if column in _CHOICES else value
+                choice = column in _CHOICES or column in _SCHEMA_CHOICES
+                body[column] = _choice_value(column, value) if choice else value
             elif name in LEAD_COLUMNS:
                 if kind == "lead":  # an opportunity carries them on related records
                     body[LEAD_COLUMNS[name]] = value

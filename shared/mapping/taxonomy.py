@@ -83,7 +83,11 @@ class Taxonomy:
     def __init__(self, files: list[TaxonomyFile]) -> None:
         self.current = files[-1]
         self._retired: dict[Kind, tuple[str, ...]] = {}
+        self._history: dict[Kind, tuple[str, ...]] = {}
         for kind in WORDS:
+            self._history[kind] = tuple(
+                dict.fromkeys(value for item in files for value in (*item.listed_retired(kind), *item.values(kind)))
+            )
             active = set(self.current.values(kind))
             older = [value for item in files[:-1] for value in item.values(kind)]
             listed = [*self.current.listed_retired(kind), *older]
@@ -96,6 +100,11 @@ class Taxonomy:
     def picklist(self, kind: Kind) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(active values in the file's order, retired values) of one CRM picklist."""
         return self.current.values(kind), self._retired[kind]
+
+    def history(self, kind: Kind) -> tuple[str, ...]:
+        """Every value any file lists, in order of first appearance (oldest file first): what keeps
+        a CRM's numeric option values stable when a new fiscal year adds values."""
+        return self._history[kind]
 
     def area_of(self, play: str) -> str | None:
         return next((area.name for area in self.current.solution_areas if play in area.plays), None)

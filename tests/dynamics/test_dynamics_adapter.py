@@ -25,6 +25,7 @@ from shared.crm.port import (
     CrmAccount,
     CrmContact,
     CrmNotFoundError,
+    CrmObjectKind,
     CrmPort,
     CrmRef,
     CrmSolution,
@@ -117,6 +118,35 @@ def test_upsert_by_referral_id_creates_once_then_updates(crm: DynamicsCrm, datav
     assert record.connector.sync_enabled
     assert record.modified_by_integration
     assert not record.stage.is_closed
+
+
+@pytest.mark.parametrize("kind", ["opportunity", "lead"])
+def test_fy26_cosell_fields_and_marketplace_intent_round_trip(
+    crm: DynamicsCrm, dataverse: DataverseSimulator, kind: CrmObjectKind
+) -> None:
+    base = (
+        RecordUpdate(name="Taxonomy deal", close_date=dt.date(2026, 12, 1))
+        if kind == "opportunity"
+        else RecordUpdate(lead_company="Taxonomy Ltd", lead_last_name="Akers")
+    )
+    created = crm.upsert_by_referral_id(kind, f"ref-taxonomy-{kind}", base)
+    crm.update_fields(
+        created.ref,
+        RecordUpdate(
+            solution_area="Security", solution_play="Data Security", partner_role="Advisory", marketplace_intent="No"
+        ),
+    )
+    connector = crm.read(created.ref).connector
+    assert (connector.solution_area, connector.solution_play, connector.partner_role) == (
+        "Security",
+        "Data Security",
+        "Advisory",
+    )
+    assert connector.marketplace_intent == "No"
+    (row,) = rows(dataverse, kind)
+    assert isinstance(row["pcs_solutionarea"], int)  # a choice's number, as Dataverse stores it
+    with pytest.raises(CrmValidationError, match="pcs_partnerrole"):
+        crm.update_fields(created.ref, RecordUpdate(partner_role="Reseller"))
 
 
 def test_a_patch_on_a_deleted_record_is_not_found_and_creates_nothing(

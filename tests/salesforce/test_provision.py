@@ -9,8 +9,8 @@ from sandbox.server import RunningServer
 from shared.crm.salesforce_commands import provision, register
 from shared.crm.salesforce_schema import load_objects
 from shared.mapping.taxonomy import load
-from tests.unit.test_cosell_fields_2026 import next_fiscal_year
 from tests.salesforce.conftest import adapter_settings, make_adapter, simulator
+from tests.unit.test_cosell_fields_2026 import next_fiscal_year
 
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
