@@ -35,6 +35,9 @@ param grantDeployerAccess bool = true
 @description('Key Vault purge protection: a deleted vault cannot be purged for 90 days. Recommended for production; a staging environment may turn it off so `azd down --purge` can remove it.')
 param keyVaultPurgeProtection bool = true
 
+@description('Comma-separated public IP addresses or CIDR ranges of the admins allowed through the Key Vault firewall (to set secrets and run the admin commands). Empty = none; the app itself is admitted by its subnet.')
+param keyVaultAllowedIps string = ''
+
 @description('Optional resource group name; default rg-<environmentName>.')
 param resourceGroupName string = ''
 
@@ -302,6 +305,16 @@ module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
   }
 }
 
+module network 'app/network.bicep' = {
+  name: 'network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
 module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
@@ -310,6 +323,10 @@ module keyVault 'app/keyvault.bicep' = {
     location: location
     tags: tags
     purgeProtection: keyVaultPurgeProtection
+    allowedSubnetIds: [
+      network.outputs.appSubnetId
+    ]
+    allowedIpRanges: filter(map(split(keyVaultAllowedIps, ','), ipRange => trim(ipRange)), ipRange => !empty(ipRange))
     logAnalyticsWorkspaceId: logAnalytics.outputs.resourceId
   }
 }
@@ -340,6 +357,7 @@ module api 'app/api.bicep' = {
     deploymentContainerName: deploymentContainerName
     identityId: apiIdentity.outputs.resourceId
     identityClientId: apiIdentity.outputs.clientId
+    virtualNetworkSubnetId: network.outputs.appSubnetId
     appSettings: appSettings
   }
   // Key Vault references and storage triggers need the roles before the first start.

@@ -12,6 +12,8 @@ param deploymentContainerName string
 param identityId string
 @description('Client id of the user-assigned managed identity.')
 param identityClientId string
+@description('Subnet of the app\'s outbound VNet integration (app/network.bicep): the Key Vault firewall admits it.')
+param virtualNetworkSubnetId string
 @description('The app\'s own settings (main.bicep `var appSettings`).')
 param appSettings object
 param runtimeName string = 'python'
@@ -63,6 +65,9 @@ module functionApp 'br/public:avm/res/web/site:0.15.1' = {
     // Without this the platform resolves Key Vault references with a system-assigned identity,
     // which does not exist here, and the settings stay unresolved literal strings.
     keyVaultAccessIdentityResourceId: identityId
+    // Outbound through the VNet, so Key Vault references reach a vault whose firewall denies the
+    // internet; on Flex Consumption the platform routes that traffic without vnetRouteAllEnabled.
+    virtualNetworkSubnetId: virtualNetworkSubnetId
     functionAppConfig: {
       deployment: {
         storage: {

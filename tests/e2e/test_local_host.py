@@ -12,7 +12,7 @@ import function_app
 from sandbox import credentials
 from sandbox.host import LocalHost, QueueOptions, functions_of
 from sandbox.simulators import SandboxServices
-from shared import bootstrap
+from shared import __version__, bootstrap
 from shared.partner_center.auth import PartnerCenterAuth
 from shared.partner_center.token_store import TokenCacheStore
 from shared.settings import load_settings
@@ -50,7 +50,7 @@ def test_public_health_says_status_and_version_only(host: LocalHost) -> None:
     and the public answer does not say why."""
     response = httpx.get(f"{host.url}/api/health")
     assert response.status_code == 503
-    assert response.json() == {"status": "degraded", "version": "0.1.0"}
+    assert response.json() == {"status": "degraded", "version": __version__}
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])
@@ -79,7 +79,7 @@ def test_health_is_degraded_and_names_the_problem_when_settings_are_invalid(
     monkeypatch.setenv("CRM_KIND", "sap")
     bootstrap.reset()
     public = httpx.get(f"{host.url}/api/health")
-    assert public.status_code == 503 and public.json() == {"status": "degraded", "version": "0.1.0"}
+    assert public.status_code == 503 and public.json() == {"status": "degraded", "version": __version__}
     details = httpx.get(f"{host.url}/api/health/details", params={"code": credentials.FUNCTION_KEY}).json()
     assert details["settings"]["valid"] is False
     assert details["settings"]["problems"][0].startswith("CRM_KIND must be")
@@ -174,6 +174,6 @@ def test_health_is_ok_once_the_partner_center_sign_in_is_stored(
         details = httpx.get(f"{running.url}/api/health/details", params={"code": credentials.FUNCTION_KEY}).json()
     finally:
         running.stop()
-    assert public.status_code == 200 and public.json() == {"status": "ok", "version": "0.1.0"}
+    assert public.status_code == 200 and public.json() == {"status": "ok", "version": __version__}
     assert details["partner_center"]["signed_in"] is True
     assert details["partner_center"]["account"] == credentials.PC_ADMIN_USER
