@@ -1521,7 +1521,7 @@ def seed_demo_data(simulator: DataverseSimulator) -> None:
                     "transactioncurrencyid": euro,
                     "pcs_syncwithpartnercenter": sync,
                     "pcs_helpneeded": 727000002 if sync else None,
-                    # a co-sell names its FY26 Solution Area / Play and Partner Role (crm_schema/taxonomy)
+                    # a co-sell names its FY26 Solution Area / Play and Partner Role (shared/partner_center/taxonomy)
                     **({column: option(column, label) for column, label in _DEMO_COSELL.items()} if sync else {}),
                     "description": "Demo opportunity from the sandbox Dataverse.",
                 },

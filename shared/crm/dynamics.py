@@ -33,7 +33,7 @@ from shared.crm.dynamics_http import (
     entity_id_of,
     odata_string,
 )
-from shared.crm.dynamics_schema import load_schema
+from shared.crm.dynamics_schema import taxonomy_options
 from shared.crm.port import (
     SYNC_MARK_FAILED,
     SYNC_MARK_OK,
@@ -57,6 +57,7 @@ from shared.crm.port import (
     with_sync_mark,
 )
 from shared.crm.watermark import OverlapWatermark
+from shared.mapping.taxonomy import Kind, taxonomy
 from shared.settings import Settings
 
 # Option values of the connector's choices (crm_schema/dynamics/schema.json; a test keeps them equal).
@@ -71,6 +72,7 @@ HELP_NEEDED_OPTIONS = {
 }
 REFERRAL_RESPONSE_OPTIONS = {"Accept": 727000000, "Decline": 727000001}
 SYNC_STATUS_OPTIONS = {"Synced": 727000000, "Error": 727000001, "Pending": 727000002}
+MARKETPLACE_INTENT_OPTIONS = {"HaveNotDecided": 727000000, "Yes": 727000001, "No": 727000002}
 AUDIT_MAX_LENGTH = 20000  # pcs_audit MaxLength in the schema
 
 # Standard status values (crm-apis.md B2): opportunity Won 3 / Lost 4 (Canceled); lead Disqualified 7 (Canceled).
@@ -129,17 +131,24 @@ _CHOICES: dict[str, dict[str, int]] = {
     "pcs_helpneeded": HELP_NEEDED_OPTIONS,
     "pcs_referralresponse": REFERRAL_RESPONSE_OPTIONS,
     "pcs_syncstatus": SYNC_STATUS_OPTIONS,
+    "pcs_marketplaceintent": MARKETPLACE_INTENT_OPTIONS,
 }
-_SCHEMA_CHOICES = ("pcs_solutionarea", "pcs_solutionplay", "pcs_partnerrole", "pcs_marketplaceintent")
-"""Choices whose options are the schema's (the co-sell taxonomy's), read on first use."""
+OPTION_VALUE_PREFIX = 72700  # the publisher's (schema.json); a test keeps them equal
+_TAXONOMY_CHOICES: dict[str, Kind] = {
+    "pcs_solutionarea": "solution_area",
+    "pcs_solutionplay": "solution_play",
+    "pcs_partnerrole": "partner_role",
+}
+"""Choices whose options are the co-sell taxonomy's (shared/partner_center/taxonomy), numbered as
+provisioning numbers them; computed on first use (the deployed app has no crm_schema folder)."""
 
 
 @functools.cache
-def _options(column: str) -> dict[str, int]:
-    if column in _CHOICES:
-        return _CHOICES[column]
-    (found,) = (item for item in load_schema().table("opportunity").columns if item.logical_name == column)
-    return {option.label: option.value for option in found.options}
+def choice_options(column: str) -> dict[str, int]:
+    if column in _TAXONOMY_CHOICES:
+        options = taxonomy_options(taxonomy(), _TAXONOMY_CHOICES[column], OPTION_VALUE_PREFIX)
+        return {str(option["label"]): int(option["value"]) for option in options}  # type: ignore[call-overload]
+    return _CHOICES[column]
 
 
 class _Kind:
@@ -175,7 +184,7 @@ _SOLUTION_COLUMNS = ("pcs_partnercentersolutionid", "pcs_name", "pcs_solutionid"
 def _choice_label(column: str, value: Any) -> str | None:
     if value is None:
         return None
-    for label, option in _options(column).items():
+    for label, option in choice_options(column).items():
         if option == value:
             return label
     return None
@@ -185,10 +194,10 @@ def _choice_value(column: str, label: str | None) -> int | None:
     if label is None:
         return None
     try:
-        return _options(column)[label]
+        return choice_options(column)[label]
     except KeyError as error:
         raise CrmValidationError(
-            f"{label!r} is not a valid value of {column}; expected one of {', '.join(_options(column))}",
+            f"{label!r} is not a valid value of {column}; expected one of {', '.join(choice_options(column))}",
             fields=[column],
         ) from error
 
@@ -579,7 +588,7 @@ class DynamicsCrm:
                 body[KINDS[kind].name_column] = with_sync_mark(str(value or ""), _mark_of(current_name))
             elif name in CONNECTOR_COLUMNS:
                 column = CONNECTOR_COLUMNS[name]
-                choice = column in _CHOICES or column in _SCHEMA_CHOICES
+                choice = column in _CHOICES or column in _TAXONOMY_CHOICES
                 if isinstance(value, dt.datetime):
                     value = value.astimezone(dt.UTC).isoformat()
                 body[column] = _choice_value(column, value) if choice else value

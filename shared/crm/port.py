@@ -142,7 +142,7 @@ class ConnectorFields(_Record):
         default=None, description='Mirror of PC status/substatus, e.g. "Active / Accepted".'
     )
     microsoft_crm_id: str | None = None
-    # FY26 co-sell fields (values: crm_schema/taxonomy) and the customer's marketplace intent
+    # FY26 co-sell fields (values: shared/partner_center/taxonomy) and the customer's marketplace intent
     solution_area: str | None = None
     solution_play: str | None = None
     partner_role: str | None = None

@@ -42,7 +42,7 @@ TAXONOMY_PICKLISTS: dict[str, Kind] = {
     "PCS_Solution_Play__c": "solution_play",
     "PCS_Partner_Role__c": "partner_role",
 }
-"""Picklists whose values come from the co-sell taxonomy (crm_schema/taxonomy), not from their XML."""
+"""Picklists whose values come from the co-sell taxonomy (shared/partner_center/taxonomy), not from their XML."""
 
 
 @dataclass(frozen=True)

@@ -697,7 +697,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         keep_one_way=_keep_visible,
         connector_column=True,
     ),
-    # -- FY26 co-sell fields (values: crm_schema/taxonomy) and the customer's marketplace intent --
+    # -- FY26 co-sell fields (values: shared/partner_center/taxonomy) and the customer's marketplace intent --
     _taxonomy_field("solution_area", "solutionArea"),
     _taxonomy_field("solution_play", "solutionPlay"),
     _taxonomy_field("partner_role", "partnerRole"),

@@ -30,7 +30,7 @@ def partner_center_problems(view: View, *, accept_country_names: bool, creating:
     with a two-letter country; a co-sell (help requested) also needs a valid help value, a customer
     contact with an email, at least one solution, a deal value above 0 with a currency, a close
     date (SPEC 1.3), and a current Solution Area, Solution Play (of that area) and Partner Role
-    (crm_schema/taxonomy) when `creating` it (Partner Center takes those on create only). A field the view has no opinion on (a single-currency CRM's currency) is not
+    (shared/partner_center/taxonomy) when `creating` it (Partner Center takes those on create only). A field the view has no opinion on (a single-currency CRM's currency) is not
     checked.
     """
     checked = {"every", "cosell"} if asks_microsoft_for_help(view) else {"every"}

@@ -1,6 +1,6 @@
 """Microsoft's co-sell taxonomy (Solution Area, Solution Play, Partner Role) as data.
 
-The values live in `crm_schema/taxonomy/fyNN.json`, one file per fiscal year, never in code: the
+The values live in `shared/partner_center/taxonomy/fyNN.json`, one file per fiscal year, never in code: the
 newest file is current; a value an older file has and the newest lacks, or that the newest lists
 under `retired`, is retired (kept readable on old CRM records, never sent to Partner Center). This
 module loads and validates those files once; provisioning builds the CRM picklists from
@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-TAXONOMY_DIR = Path(__file__).resolve().parents[2] / "crm_schema" / "taxonomy"
+TAXONOMY_DIR = Path(__file__).resolve().parents[1] / "partner_center" / "taxonomy"
 _FILE_NAME = re.compile(r"^fy(\d{2})\.json$")
 
 Kind = Literal["solution_area", "solution_play", "partner_role"]

@@ -15,9 +15,12 @@ from sandbox.dataverse import SELLER_USER_ID, Caller, DataverseSimulator
 from sandbox.server import Fault, RunningServer
 from shared.crm.dynamics import (
     HELP_NEEDED_OPTIONS,
+    MARKETPLACE_INTENT_OPTIONS,
+    OPTION_VALUE_PREFIX,
     REFERRAL_RESPONSE_OPTIONS,
     SYNC_STATUS_OPTIONS,
     DynamicsCrm,
+    choice_options,
 )
 from shared.crm.dynamics_http import DataverseConflictError, DataverseHttp
 from shared.crm.dynamics_schema import load_schema
@@ -85,8 +88,12 @@ def test_choice_values_match_the_schema_file() -> None:
         ("pcs_helpneeded", HELP_NEEDED_OPTIONS),
         ("pcs_referralresponse", REFERRAL_RESPONSE_OPTIONS),
         ("pcs_syncstatus", SYNC_STATUS_OPTIONS),
+        ("pcs_marketplaceintent", MARKETPLACE_INTENT_OPTIONS),
     ):
         assert {option.label: option.value for option in columns[column].options} == options
+    assert schema.publisher.customization_option_value_prefix == OPTION_VALUE_PREFIX
+    for column in ("pcs_solutionarea", "pcs_solutionplay", "pcs_partnerrole"):  # the taxonomy's, numbered alike
+        assert {option.label: option.value for option in columns[column].options} == choice_options(column)
 
 
 def test_upsert_by_referral_id_creates_once_then_updates(crm: DynamicsCrm, dataverse: DataverseSimulator) -> None:

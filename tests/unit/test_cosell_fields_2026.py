@@ -1,4 +1,4 @@
-"""FY26 co-sell fields (Solution Area / Play, Partner Role from crm_schema/taxonomy) and the
+"""FY26 co-sell fields (Solution Area / Play, Partner Role from shared/partner_center/taxonomy) and the
 customer's marketplace intent: the taxonomy as data, the checks before any Partner Center call,
 and each field's direction through the engine with the in-memory fakes."""
 
@@ -172,3 +172,13 @@ def test_an_incoming_referral_shows_its_fy26_fields_and_intent_on_the_crm_record
         "Advisory",
     )
     assert connector.marketplace_intent == "No"
+
+
+def test_the_taxonomy_ships_with_the_function_app() -> None:
+    """The sync checks values at run time, so the files live in the package, not in crm_schema/
+    (which .funcignore leaves out of the deployment)."""
+    root = Path(__file__).resolve().parents[2]
+    relative = TAXONOMY_DIR.relative_to(root)
+    assert relative.parts[0] == "shared" and (TAXONOMY_DIR / "fy26.json").is_file()
+    ignored = [line.strip() for line in (root / ".funcignore").read_text(encoding="utf-8").splitlines()]
+    assert not any(part in ignored for part in relative.parts)

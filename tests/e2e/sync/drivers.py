@@ -299,7 +299,7 @@ class Seller(Protocol):
     def records_named(self, kind: CrmObjectKind, name_prefix: str) -> list[RawRecord]: ...
 
 
-# What a seller picks from the FY26 taxonomy on a co-sell (crm_schema/taxonomy): Partner Center
+# What a seller picks from the FY26 taxonomy on a co-sell (shared/partner_center/taxonomy): Partner Center
 # refuses a new co-sell without them.
 COSELL_TAXONOMY = {
     "solution_area": "Cloud and AI Platforms",
