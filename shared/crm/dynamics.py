@@ -107,9 +107,6 @@ CONNECTOR_COLUMNS = {
     "solution_play": "pcs_solutionplay",
     "partner_role": "pcs_partnerrole",
     "marketplace_intent": "pcs_marketplaceintent",
-    "status_reason": "pcs_statusreason",
-    "expires_at": "pcs_expiration",
-    "microsoft_notes": "pcs_microsoftnotes",
     "sync_status": "pcs_syncstatus",
     "last_synced": "pcs_lastsynced",
     "audit": "pcs_audit",
@@ -555,9 +552,6 @@ class DynamicsCrm:
             solution_play=_choice_label("pcs_solutionplay", column("solution_play")),
             partner_role=_choice_label("pcs_partnerrole", column("partner_role")),
             marketplace_intent=_choice_label("pcs_marketplaceintent", column("marketplace_intent")),
-            status_reason=column("status_reason"),
-            expires_at=_parse_time(column("expires_at")),
-            microsoft_notes=column("microsoft_notes"),
             sync_status=_choice_label("pcs_syncstatus", column("sync_status")),
             last_synced=_parse_time(column("last_synced")),
             audit=column("audit") or "",
@@ -589,8 +583,6 @@ class DynamicsCrm:
             elif name in CONNECTOR_COLUMNS:
                 column = CONNECTOR_COLUMNS[name]
                 choice = column in _CHOICES or column in _TAXONOMY_CHOICES
-                if isinstance(value, dt.datetime):
-                    value = value.astimezone(dt.UTC).isoformat()
                 body[column] = _choice_value(column, value) if choice else value
             elif name in LEAD_COLUMNS:
                 if kind == "lead":  # an opportunity carries them on related records

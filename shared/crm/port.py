@@ -147,10 +147,6 @@ class ConnectorFields(_Record):
     solution_play: str | None = None
     partner_role: str | None = None
     marketplace_intent: str | None = None
-    # what Microsoft says, mirrored read-only
-    status_reason: str | None = Field(default=None, description="Partner Center statusReason (why declined / lost).")
-    expires_at: dt.datetime | None = Field(default=None, description="Partner Center expirationDateTime.")
-    microsoft_notes: str | None = Field(default=None, description="Partner Center inviteContext.notes.")
     sync_status: SyncStatus | None = None
     last_synced: dt.datetime | None = None
     audit: str = ""
@@ -223,9 +219,6 @@ class RecordUpdate(_Record):
     solution_play: str | None = None
     partner_role: str | None = None
     marketplace_intent: str | None = None
-    status_reason: str | None = None
-    expires_at: dt.datetime | None = None
-    microsoft_notes: str | None = None
 
     def written(self) -> dict[str, Any]:
         """The explicitly set values, by neutral name."""

@@ -94,9 +94,6 @@ CONNECTOR_FIELDS = {
     "solution_play": "PCS_Solution_Play__c",
     "partner_role": "PCS_Partner_Role__c",
     "marketplace_intent": "PCS_Marketplace_Intent__c",
-    "status_reason": "PCS_Status_Reason__c",
-    "expires_at": "PCS_Expiration__c",
-    "microsoft_notes": "PCS_Microsoft_Notes__c",
     "sync_status": "PCS_Sync_Status__c",
     "last_synced": "PCS_Last_Synced__c",
     "audit": AUDIT_FIELD,
@@ -157,14 +154,7 @@ def _salesforce_value(name: str, value: Any) -> Any:
         return float(value) if value is not None else None
     if name == "close_date":
         return value.isoformat() if value else None
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat()
     return value
-
-
-def _instant(value: Any) -> dt.datetime | None:
-    """A Salesforce date/time ("2026-12-01T10:00:00.000+0000") as an aware datetime."""
-    return dt.datetime.fromisoformat(str(value)) if value else None
 
 
 class _SalesforceHttpAdapter(HTTPAdapter):
@@ -548,9 +538,6 @@ class SalesforceAdapter:
             solution_play=text(CONNECTOR_FIELDS["solution_play"]),
             partner_role=text(CONNECTOR_FIELDS["partner_role"]),
             marketplace_intent=text(CONNECTOR_FIELDS["marketplace_intent"]),
-            status_reason=text(CONNECTOR_FIELDS["status_reason"]),
-            expires_at=_instant(row.get(CONNECTOR_FIELDS["expires_at"])),
-            microsoft_notes=text(CONNECTOR_FIELDS["microsoft_notes"]),
             sync_status=row.get("PCS_Sync_Status__c") or None,
             last_synced=dt.datetime.fromisoformat(last_synced) if last_synced else None,
             audit=row.get(AUDIT_FIELD) or "",

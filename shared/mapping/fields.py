@@ -126,13 +126,6 @@ def decimal_text(value: Any) -> str | None:
     return format(number.normalize(), "f")
 
 
-def instant_text(value: dt.datetime | None) -> str | None:
-    """A moment as UTC ISO text to the second ("2026-12-01T10:00:00+00:00"): CRMs drop fractions."""
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat()
-
-
 def date_text(value: dt.date | dt.datetime | None) -> str | None:
     if value is None:
         return None
@@ -777,30 +770,6 @@ FIELDS: tuple[FieldSpec, ...] = (
         read_pc=_not_in_pc,
         read_crm=lambda record, _: text(record.connector.referral_link),
         crm_columns=_column("referral_link"),
-    ),
-    FieldSpec(
-        name="status_reason",
-        label="Microsoft's status reason",
-        direction="pc_to_crm",
-        read_pc=lambda referral, _: text(referral.status_reason),
-        read_crm=lambda record, _: text(record.connector.status_reason),
-        crm_columns=_column("status_reason"),
-    ),
-    FieldSpec(
-        name="expires_at",
-        label="expiration",
-        direction="pc_to_crm",
-        read_pc=lambda referral, _: instant_text(referral.expiration_date_time),
-        read_crm=lambda record, _: instant_text(record.connector.expires_at),
-        crm_columns=_column("expires_at", lambda value: dt.datetime.fromisoformat(value) if value else None),
-    ),
-    FieldSpec(
-        name="microsoft_notes",
-        label="Microsoft's notes",
-        direction="pc_to_crm",
-        read_pc=lambda referral, _: text(referral.invite_context.notes) if referral.invite_context else None,
-        read_crm=lambda record, _: text(record.connector.microsoft_notes),
-        crm_columns=_column("microsoft_notes"),
     ),
     FieldSpec(
         name="microsoft_crm_id",

@@ -39,9 +39,6 @@ _CONNECTOR = (
     "solution_play",
     "partner_role",
     "marketplace_intent",
-    "status_reason",
-    "expires_at",
-    "microsoft_notes",
 )
 _PLAIN = ("name", "deal_value", "currency", "close_date", "notes", "owner_id")
 OPEN_STAGE = "Develop"
