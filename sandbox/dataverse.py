@@ -1520,6 +1520,11 @@ def seed_demo_data(simulator: DataverseSimulator) -> None:
             for currency_id, row in simulator.records["transactioncurrency"].items()
             if row["isocurrencycode"] == "EUR"
         )
+
+        def option(column: str, label: str) -> int:
+            options = simulator.tables["opportunity"].columns[column].options
+            return next(value for value, text in options.items() if text == label)
+
         for name, value, sync in (
             ("Data platform modernisation", 120000, True),
             ("Edge security rollout", 45000, False),
@@ -1536,6 +1541,8 @@ def seed_demo_data(simulator: DataverseSimulator) -> None:
                     "transactioncurrencyid": euro,
                     "pcs_syncwithpartnercenter": sync,
                     "pcs_helpneeded": 727000002 if sync else None,
+                    # a co-sell names its FY26 Solution Area / Play and Partner Role (shared/partner_center/taxonomy)
+                    **({column: option(column, label) for column, label in _DEMO_COSELL.items()} if sync else {}),
                     "description": "Demo opportunity from the sandbox Dataverse.",
                 },
                 seller,
@@ -1570,6 +1577,13 @@ def write_as_seller(
         finally:
             simulator.clock = clock
     return ids
+
+
+_DEMO_COSELL = {
+    "pcs_solutionarea": "Cloud and AI Platforms",
+    "pcs_solutionplay": "Unify your Data Platform",
+    "pcs_partnerrole": "Implementation",
+}
 
 
 def dataverse_factory(**options: Any) -> Callable[[str], DataverseSimulator]:

@@ -81,6 +81,7 @@ from sandbox.odata import ODataError, compile_filter
 from sandbox.server import JsonDict, Request, Response, Simulator, empty_response, json_response, route
 from sandbox.tls import ensure_ca, ensure_intermediate_ca, issue_signing_certificate
 from shared.http import tls_context
+from shared.mapping.taxonomy import Kind, taxonomy
 from shared.partner_center.contract import contract
 
 REFERRALS_AUDIENCE = "https://api.partner.microsoft.com"
@@ -510,6 +511,9 @@ class PartnerCenterSimulator(Simulator):
                 "type CustomerMarketplaceIntent) is required.",
                 "details.requirements.additionalRequirements",
             )
+        help_code = (fields.get("inviteContext") or {}).get("assistanceRequestCode")
+        if help_code and help_code != "Unknown":
+            _validate_services_cosell(fields)
 
     @staticmethod
     def _validate(referral: JsonDict) -> None:
@@ -1153,3 +1157,33 @@ def partner_center_factory(**options: Any) -> Callable[[str], PartnerCenterSimul
         return PartnerCenterSimulator(base_url, **options)
 
     return build
+
+
+_TAXONOMY_KINDS: dict[str, Kind] = {
+    "partnerRole": "partner_role",
+    "solutionArea": "solution_area",
+    "solutionPlay": "solution_play",
+}
+
+
+def _validate_services_cosell(fields: JsonDict) -> None:
+    """A co-sell referral must carry a current Partner Role, Solution Area and Solution Play, as
+    top-level members or as typed `additionalRequirements.attributes` items (contract.json's note)."""
+    terms = _CONTRACT.create
+    error = terms["services_cosell_error"]
+    attributes = (((fields.get("details") or {}).get("requirements") or {}).get("additionalRequirements") or {}).get(
+        "attributes"
+    ) or []
+    year = taxonomy().fiscal_year
+    for member in terms["services_cosell_required"]:
+        attribute_type = terms["services_cosell_attribute_types"][member]
+        value = fields.get(member) or next(
+            (item.get("id") for item in attributes if isinstance(item, dict) and item.get("type") == attribute_type),
+            None,
+        )
+        if not value:
+            raise ApiError(400, "invalidRequest", error["message"].format(member=member, fiscal_year=year), member)
+        active, _ = taxonomy().picklist(_TAXONOMY_KINDS[member])
+        if value not in active:
+            message = error["retired_message"].format(value=value, member=member, fiscal_year=year)
+            raise ApiError(400, "invalidRequest", message, member)

@@ -1382,7 +1382,8 @@ def field_spec_from_metadata(object_name: str, field_name: str, metadata: JsonDi
         external_id=bool(metadata.get("externalId")),
         unique=bool(metadata.get("unique")),
         required=bool(metadata.get("required")),
-        picklist_values=tuple(str(value.get("fullName")) for value in values),
+        # An inactive value stays on old records but is neither offered nor described.
+        picklist_values=tuple(str(value.get("fullName")) for value in values if value.get("isActive") is not False),
         restricted_picklist=bool(value_set.get("restricted")),
         reference_to=metadata.get("referenceTo"),
         relationship_name=metadata.get("relationshipName"),

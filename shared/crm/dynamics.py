@@ -18,6 +18,7 @@ Wire contract: crm-apis.md part B. Choices made here, and why:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from shared.crm.dynamics_http import (
     entity_id_of,
     odata_string,
 )
+from shared.crm.dynamics_schema import taxonomy_options
 from shared.crm.port import (
     SYNC_MARK_FAILED,
     SYNC_MARK_OK,
@@ -56,6 +58,7 @@ from shared.crm.port import (
     strip_sync_mark,
     with_sync_mark,
 )
+from shared.mapping.taxonomy import Kind, taxonomy
 from shared.settings import Settings
 
 # Option values of the connector's choices (crm_schema/dynamics/schema.json; a test keeps them equal).
@@ -70,6 +73,7 @@ HELP_NEEDED_OPTIONS = {
 }
 REFERRAL_RESPONSE_OPTIONS = {"Accept": 727000000, "Decline": 727000001}
 SYNC_STATUS_OPTIONS = {"Synced": 727000000, "Error": 727000001, "Pending": 727000002}
+MARKETPLACE_INTENT_OPTIONS = {"HaveNotDecided": 727000000, "Yes": 727000001, "No": 727000002}
 AUDIT_MAX_LENGTH = 20000  # pcs_audit MaxLength in the schema
 
 # Standard status values (crm-apis.md B2): opportunity Won 3 / Lost 4 (Canceled); lead Disqualified 7 (Canceled).
@@ -100,6 +104,10 @@ CONNECTOR_COLUMNS = {
     "decline_reason": "pcs_declinereason",
     "referral_status": "pcs_referralstatus",
     "microsoft_crm_id": "pcs_microsoftcrmid",
+    "solution_area": "pcs_solutionarea",
+    "solution_play": "pcs_solutionplay",
+    "partner_role": "pcs_partnerrole",
+    "marketplace_intent": "pcs_marketplaceintent",
     "sync_status": "pcs_syncstatus",
     "last_synced": "pcs_lastsynced",
     "audit": "pcs_audit",
@@ -121,7 +129,24 @@ _CHOICES: dict[str, dict[str, int]] = {
     "pcs_helpneeded": HELP_NEEDED_OPTIONS,
     "pcs_referralresponse": REFERRAL_RESPONSE_OPTIONS,
     "pcs_syncstatus": SYNC_STATUS_OPTIONS,
+    "pcs_marketplaceintent": MARKETPLACE_INTENT_OPTIONS,
 }
+OPTION_VALUE_PREFIX = 72700  # the publisher's (schema.json); a test keeps them equal
+_TAXONOMY_CHOICES: dict[str, Kind] = {
+    "pcs_solutionarea": "solution_area",
+    "pcs_solutionplay": "solution_play",
+    "pcs_partnerrole": "partner_role",
+}
+"""Choices whose options are the co-sell taxonomy's (shared/partner_center/taxonomy), numbered as
+provisioning numbers them; computed on first use (the deployed app has no crm_schema folder)."""
+
+
+@functools.cache
+def choice_options(column: str) -> dict[str, int]:
+    if column in _TAXONOMY_CHOICES:
+        options = taxonomy_options(taxonomy(), _TAXONOMY_CHOICES[column], OPTION_VALUE_PREFIX)
+        return {str(option["label"]): int(option["value"]) for option in options}  # type: ignore[call-overload]
+    return _CHOICES[column]
 
 
 class _Kind:
@@ -157,7 +182,7 @@ _SOLUTION_COLUMNS = ("pcs_partnercentersolutionid", "pcs_name", "pcs_solutionid"
 def _choice_label(column: str, value: Any) -> str | None:
     if value is None:
         return None
-    for label, option in _CHOICES[column].items():
+    for label, option in choice_options(column).items():
         if option == value:
             return label
     return None
@@ -167,10 +192,10 @@ def _choice_value(column: str, label: str | None) -> int | None:
     if label is None:
         return None
     try:
-        return _CHOICES[column][label]
+        return choice_options(column)[label]
     except KeyError as error:
         raise CrmValidationError(
-            f"{label!r} is not a valid value of {column}; expected one of {', '.join(_CHOICES[column])}",
+            f"{label!r} is not a valid value of {column}; expected one of {', '.join(choice_options(column))}",
             fields=[column],
         ) from error
 
@@ -510,6 +535,10 @@ class DynamicsCrm:
             decline_reason=column("decline_reason"),
             referral_status=column("referral_status"),
             microsoft_crm_id=column("microsoft_crm_id"),
+            solution_area=_choice_label("pcs_solutionarea", column("solution_area")),
+            solution_play=_choice_label("pcs_solutionplay", column("solution_play")),
+            partner_role=_choice_label("pcs_partnerrole", column("partner_role")),
+            marketplace_intent=_choice_label("pcs_marketplaceintent", column("marketplace_intent")),
             sync_status=_choice_label("pcs_syncstatus", column("sync_status")),
             last_synced=_parse_time(column("last_synced")),
             audit=column("audit") or "",
@@ -540,7 +569,8 @@ class DynamicsCrm:
                 body[KINDS[kind].name_column] = with_sync_mark(str(value or ""), _mark_of(current_name))
             elif name in CONNECTOR_COLUMNS:
                 column = CONNECTOR_COLUMNS[name]
-                body[column] = _choice_value(column, value) if column in _CHOICES else value
+                choice = column in _CHOICES or column in _TAXONOMY_CHOICES
+                body[column] = _choice_value(column, value) if choice else value
             elif name in LEAD_COLUMNS:
                 if kind == "lead":  # an opportunity carries them on related records
                     body[LEAD_COLUMNS[name]] = value

@@ -20,6 +20,7 @@ from typing import TextIO
 from shared.crm.dynamics_http import DataverseHttp, JsonDict, odata_string
 from shared.crm.dynamics_schema import Column, DataverseSchema, Lookup, Table, load_schema
 from shared.crm.port import CrmNotFoundError
+from shared.mapping.taxonomy import Taxonomy
 from shared.settings import Settings, load_settings
 
 CHANGE_TRACKED_TABLES = ("opportunity", "lead", "pcs_partnercentersolution")
@@ -270,7 +271,38 @@ class Provisioner:
                         None,
                     )
                 )
+            elif column.type == "Picklist" and column.options:
+                actions += self._option_actions(table, column)
         return actions
+
+    def _option_actions(self, table: Table, column: Column) -> list[Action]:
+        """Options the schema has and the org's choice lacks (a new fiscal year's taxonomy values).
+        Options the schema dropped are left: records keep them, and Dataverse cannot deactivate one."""
+        url = (
+            f"EntityDefinitions(LogicalName={odata_string(table.logical_name)})/Attributes("
+            f"LogicalName={odata_string(column.logical_name)})/Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
+        )
+        found = self._get(url, {"$select": "LogicalName", "$expand": "OptionSet"}) or {}
+        present = {item.get("Value") for item in (found.get("OptionSet") or {}).get("Options") or []}
+        return [
+            Action(
+                f"add option {option.label!r} ({option.value}) to {table.logical_name}.{column.logical_name}",
+                self._post(
+                    "InsertOptionValue",
+                    {
+                        "EntityLogicalName": table.logical_name,
+                        "AttributeLogicalName": column.logical_name,
+                        "Value": option.value,
+                        "Label": label(option.label),
+                        "SolutionUniqueName": self.schema.solution.unique_name,
+                    },
+                    expected=(200, 204),
+                ),
+                table.logical_name,
+            )
+            for option in column.options
+            if option.value not in present
+        ]
 
     def _lookup_actions(self, table: Table) -> list[Action]:
         actions: list[Action] = []
@@ -307,9 +339,9 @@ class Provisioner:
         ]
 
     # ---- applying ---------------------------------------------------------------------------------------
-    def _post(self, url: str, body: JsonDict) -> Callable[[], None]:
+    def _post(self, url: str, body: JsonDict, expected: tuple[int, ...] = (204,)) -> Callable[[], None]:
         def apply() -> None:
-            self.http.request("provision", "POST", url, json_body=body, headers=self.solution_header, expected=(204,))
+            self.http.request("provision", "POST", url, json_body=body, headers=self.solution_header, expected=expected)
 
         return apply
 
@@ -402,11 +434,15 @@ class Provisioner:
                     time.sleep(0.5)
 
 
-def provision(settings: Settings, out: TextIO, *, check: bool, http: DataverseHttp | None = None) -> int:
-    """Run the provisioning (or only the check); returns the process exit code."""
+def provision(
+    settings: Settings, out: TextIO, *, check: bool, http: DataverseHttp | None = None, values: Taxonomy | None = None
+) -> int:
+    """Run the provisioning (or only the check) with the co-sell taxonomy `values` (default: the
+    shipped one); returns the process exit code."""
     client = http or DataverseHttp(settings)
     try:
-        provisioner = Provisioner(client, load_schema(), change_tracking=settings.dataverse_change_tracking)
+        schema = load_schema(values=values)
+        provisioner = Provisioner(client, schema, change_tracking=settings.dataverse_change_tracking)
         actions = provisioner.plan()
         blocked = [action for action in actions if action.apply is None]
         for action in blocked:

@@ -8,13 +8,18 @@ tables from it), so the two cannot drift apart.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.mapping.taxonomy import WORDS, Kind, Taxonomy, taxonomy
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "crm_schema" / "dynamics" / "schema.json"
 CONNECTOR_COLUMNS_MARKER = "@connectorColumns"
+TAXONOMY_CHOICE_MARKER = "@taxonomy:"
+_OPTION_SLOTS = 10_000  # a publisher's option values: prefix * 10000 + 0..9999
 
 ColumnType = Literal["String", "Boolean", "Picklist", "DateTime", "Memo"]
 
@@ -147,12 +152,34 @@ class DataverseSchema(_Definition):
         return tuple(table for table in self.tables if not table.standard)
 
 
-def _expand(raw: dict[str, object]) -> dict[str, object]:
-    """Resolve `@connectorColumns` and each column's `choice` into plain, self-contained tables."""
+def taxonomy_options(values: Taxonomy, kind: Kind, prefix: int) -> list[dict[str, object]]:
+    """The options of a taxonomy choice, retired values included (old records keep them; Dataverse
+    cannot deactivate an option). A value's number comes from its text (CRC-32 into the publisher's
+    10,000 option slots), the next free slot on a clash, taken in order of first appearance across
+    the fiscal years: so a new year's file adds options and never renumbers an existing one."""
+    taken: dict[int, str] = {}
+    for label in values.history(kind):
+        slot = zlib.crc32(label.encode("utf-8")) % _OPTION_SLOTS
+        while slot in taken:
+            slot = (slot + 1) % _OPTION_SLOTS
+        taken[slot] = label
+    return [{"value": prefix * _OPTION_SLOTS + slot, "label": label} for slot, label in taken.items()]
+
+
+def _expand(raw: dict[str, object], values: Taxonomy) -> dict[str, object]:
+    """Resolve `@connectorColumns` and each column's `choice` (a `@taxonomy:<kind>` choice from the
+    co-sell taxonomy) into plain, self-contained tables."""
     choices = raw.get("choices", {})
     shared_columns = raw.get("connectorColumns", [])
     if not isinstance(choices, dict) or not isinstance(shared_columns, list):
         raise ValueError("schema: 'choices' must be an object and 'connectorColumns' a list")
+    prefix = int((raw.get("publisher") or {}).get("customizationOptionValuePrefix", 0))  # type: ignore[attr-defined]
+    for name, options in list(choices.items()):
+        if isinstance(options, str) and options.startswith(TAXONOMY_CHOICE_MARKER):
+            kind = options.removeprefix(TAXONOMY_CHOICE_MARKER)
+            if kind not in WORDS:
+                raise ValueError(f"schema: choice {name} names unknown taxonomy list {kind!r}")
+            choices[name] = taxonomy_options(values, kind, prefix)
     tables = []
     for table in raw.get("tables", []):  # type: ignore[attr-defined]
         columns: list[dict[str, object]] = []
@@ -171,11 +198,12 @@ def _expand(raw: dict[str, object]) -> dict[str, object]:
     return {"publisher": raw.get("publisher"), "solution": raw.get("solution"), "tables": tables}
 
 
-def load_schema(path: Path | None = None) -> DataverseSchema:
-    """The declarative schema; raises ValueError naming the file and the problem when it is invalid."""
+def load_schema(path: Path | None = None, values: Taxonomy | None = None) -> DataverseSchema:
+    """The declarative schema, taxonomy choices from `values` (default: the shipped taxonomy);
+    raises ValueError naming the file and the problem when it is invalid."""
     source = path or SCHEMA_PATH
     try:
         raw = json.loads(source.read_text(encoding="utf-8"))
-        return DataverseSchema.model_validate(_expand(raw))
+        return DataverseSchema.model_validate(_expand(raw, values or taxonomy()))
     except (OSError, ValueError) as error:
         raise ValueError(f"Dataverse schema {source}: {error}") from error

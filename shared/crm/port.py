@@ -155,6 +155,11 @@ class ConnectorFields(_Record):
         default=None, description='Mirror of PC status/substatus, e.g. "Active / Accepted".'
     )
     microsoft_crm_id: str | None = None
+    # FY26 co-sell fields (values: shared/partner_center/taxonomy) and the customer's marketplace intent
+    solution_area: str | None = None
+    solution_play: str | None = None
+    partner_role: str | None = None
+    marketplace_intent: str | None = None
     sync_status: SyncStatus | None = None
     last_synced: dt.datetime | None = None
     audit: str = ""
@@ -223,6 +228,10 @@ class RecordUpdate(_Record):
     decline_reason: str | None = None
     referral_status: str | None = None
     microsoft_crm_id: str | None = None
+    solution_area: str | None = None
+    solution_play: str | None = None
+    partner_role: str | None = None
+    marketplace_intent: str | None = None
 
     def written(self) -> dict[str, Any]:
         """The explicitly set values, by neutral name."""

@@ -32,6 +32,7 @@ from shared.crm.salesforce_schema import (
     load_objects,
     load_permission_set,
 )
+from shared.mapping.taxonomy import Taxonomy
 from shared.settings import Settings, load_settings
 
 
@@ -50,8 +51,9 @@ class Change:
 
 
 class SalesforceProvisioner:
-    def __init__(self, adapter: SalesforceAdapter) -> None:
+    def __init__(self, adapter: SalesforceAdapter, values: Taxonomy | None = None) -> None:
         self.adapter = adapter
+        self.values = values  # the co-sell taxonomy; None: the shipped one
 
     # ---- reading the org -------------------------------------------------------------------------
     def _query(self, soql: str) -> list[dict[str, Any]]:
@@ -82,7 +84,7 @@ class SalesforceProvisioner:
     # ---- planning ---------------------------------------------------------------------------------
     def plan(self) -> list[Change]:
         """Every difference, in the order it must be applied (objects, fields, permissions, assignment)."""
-        specs = load_objects()
+        specs = load_objects(values=self.values)
         existing_objects = {
             row["DeveloperName"] + "__c": row["Id"]
             for row in self._tooling_query("SELECT Id, DeveloperName FROM CustomObject")
@@ -272,10 +274,18 @@ def _field_differences(field: FieldSpec, current: dict[str, Any]) -> list[str]:
     return differences
 
 
-def provision(settings: Settings, out: TextIO, *, check: bool = False, adapter: SalesforceAdapter | None = None) -> int:
-    """Bring the org to the shipped schema (or, with `check`, only report). Exit code: 0 ok, 1 differences/failure."""
+def provision(
+    settings: Settings,
+    out: TextIO,
+    *,
+    check: bool = False,
+    adapter: SalesforceAdapter | None = None,
+    values: Taxonomy | None = None,
+) -> int:
+    """Bring the org to the shipped schema and co-sell taxonomy (or, with `check`, only report).
+    Exit code: 0 ok, 1 differences/failure."""
     adapter = adapter or SalesforceAdapter(settings)
-    provisioner = SalesforceProvisioner(adapter)
+    provisioner = SalesforceProvisioner(adapter, values)
     try:
         changes = provisioner.plan()
         if check:

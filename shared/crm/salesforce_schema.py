@@ -7,11 +7,14 @@ same files, so the schema we ship is the schema the simulator enforces.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.mapping.taxonomy import Kind, Taxonomy, taxonomy
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "crm_schema" / "salesforce" / "force-app" / "main" / "default"
 PERMISSION_SET_NAME = "PCS_Integration"
@@ -34,6 +37,12 @@ DESCRIBE_TYPES = {
     "MasterDetail": "reference",
 }
 _NS = {"md": "http://soap.sforce.com/2006/04/metadata"}
+TAXONOMY_PICKLISTS: dict[str, Kind] = {
+    "PCS_Solution_Area__c": "solution_area",
+    "PCS_Solution_Play__c": "solution_play",
+    "PCS_Partner_Role__c": "partner_role",
+}
+"""Picklists whose values come from the co-sell taxonomy (shared/partner_center/taxonomy), not from their XML."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class FieldSpec:
     unique: bool = False
     required: bool = False
     picklist_values: tuple[str, ...] = ()
+    inactive_values: tuple[str, ...] = ()
+    """Retired values: kept (so old records still show them) but no longer offered."""
     restricted_picklist: bool = False
     reference_to: str | None = None
     relationship_name: str | None = None
@@ -85,7 +96,14 @@ class FieldSpec:
                 "restricted": self.restricted_picklist,
                 "valueSetDefinition": {
                     "sorted": False,
-                    "value": [{"fullName": value, "label": value, "default": False} for value in self.picklist_values],
+                    "value": [
+                        {"fullName": value, "label": value, "default": False, "isActive": True}
+                        for value in self.picklist_values
+                    ]
+                    + [
+                        {"fullName": value, "label": value, "default": False, "isActive": False}
+                        for value in self.inactive_values
+                    ],
                 },
             }
         return metadata
@@ -167,12 +185,25 @@ def _read_field(object_name: str, path: Path) -> FieldSpec:
     )
 
 
+def _with_taxonomy(field: FieldSpec, values: Taxonomy) -> FieldSpec:
+    kind = TAXONOMY_PICKLISTS.get(field.name)
+    if kind is None:
+        return field
+    active, retired = values.picklist(kind)
+    return dataclasses.replace(field, picklist_values=active, inactive_values=retired)
+
+
 @functools.cache
-def load_objects(schema_dir: Path = SCHEMA_DIR) -> tuple[ObjectSpec, ...]:
-    """Every object folder of the schema, custom objects first (their fields may be looked up by others)."""
+def load_objects(schema_dir: Path = SCHEMA_DIR, values: Taxonomy | None = None) -> tuple[ObjectSpec, ...]:
+    """Every object folder of the schema, custom objects first (their fields may be looked up by others).
+    Taxonomy picklists take their values from `values` (default: the shipped taxonomy)."""
+    current = values or taxonomy()
     objects: list[ObjectSpec] = []
     for folder in sorted((schema_dir / "objects").iterdir()):
-        fields = tuple(_read_field(folder.name, path) for path in sorted(folder.glob("fields/*.field-meta.xml")))
+        fields = tuple(
+            _with_taxonomy(_read_field(folder.name, path), current)
+            for path in sorted(folder.glob("fields/*.field-meta.xml"))
+        )
         object_file = folder / f"{folder.name}.object-meta.xml"
         if object_file.exists():
             root = ET.parse(object_file).getroot()

@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 from shared.crm.port import CrmObjectKind, CrmRecord
 from shared.mapping.countries import CountryError, country_code
+from shared.mapping.taxonomy import Kind, taxonomy
 from shared.model.referral import ASSISTANCE_REQUEST_CODES, Referral
+from shared.partner_center.contract import contract
 
 View = dict[str, Any]
 """A side's neutral view: field name -> normalised JSON-able value. It is what the link snapshot
@@ -89,8 +91,9 @@ class FieldSpec:
     """`RecordUpdate` values for the record's own columns."""
     problems: Callable[[Any, bool], list[str]] | None = None
     """What Partner Center refuses about the value (bool = accept country names)."""
-    required_for: Literal["every", "cosell"] | None = None
-    """Which referrals Partner Center checks it for (co-sell: help requested)."""
+    required_for: Literal["every", "cosell", "new_cosell"] | None = None
+    """Which referrals Partner Center checks it for (co-sell: help requested; new co-sell: only
+    when creating one, for members Partner Center takes on create only)."""
     keep_one_way: Callable[[Any, Any], str | None] | None = None
     """A Partner Center upgrade the CRM cannot undo: (pc value, crm value) -> why it is kept."""
     connector_column: bool = False
@@ -502,6 +505,58 @@ def _not_in_pc(referral: Referral, context: ReadContext) -> Any:
     return ABSENT
 
 
+def _attribute(referral: Referral, attribute_type: str) -> str | None:
+    """The id of a `details.requirements.additionalRequirements.attributes` item of one type."""
+    requirements = referral.details.requirements if referral.details else None
+    additional = (requirements.additional_requirements if requirements else None) or {}
+    for item in additional.get("attributes") or []:
+        if isinstance(item, dict) and item.get("type") == attribute_type:
+            return text(item.get("id"))
+    return None
+
+
+def _pc_cosell_member(member: str) -> Callable[[Referral, ReadContext], Any]:
+    """A services co-sell member: top-level (what we send) or as a typed attribute (contract.json's note)."""
+    attribute_type = contract().create["services_cosell_attribute_types"][member]
+
+    def read(referral: Referral, context: ReadContext) -> Any:
+        return text(getattr(referral, _snake(member))) or _attribute(referral, attribute_type)
+
+    return read
+
+
+def _snake(member: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in member)
+
+
+def _taxonomy_problems(kind: Kind) -> Callable[[Any, bool], list[str]]:
+    return lambda value, _: taxonomy().problems(kind, value)
+
+
+def _marketplace_intent_problems(value: Any, accept_country_names: bool) -> list[str]:
+    values = contract().create["marketplace_intent"]["values"]
+    if value is None or value in values:
+        return []
+    return [f"'{value}' is not a customer marketplace intent (choose one of {', '.join(values)})"]
+
+
+def _taxonomy_field(kind: Kind, member: str) -> FieldSpec:
+    """An FY26 co-sell field: chosen in the CRM, sent on create, kept by Partner Center afterwards
+    (not a patchable path), mirrored to the CRM for incoming referrals."""
+    return FieldSpec(
+        name=kind,
+        label=kind.replace("_", " "),
+        direction="both",
+        read_pc=_pc_cosell_member(member),
+        read_crm=lambda record, _: text(getattr(record.connector, kind)),
+        pc_path=(member,),
+        crm_columns=_column(kind),
+        problems=_taxonomy_problems(kind),
+        required_for="new_cosell",
+        connector_column=True,
+    )
+
+
 FIELDS: tuple[FieldSpec, ...] = (
     # -- two-way (SPEC 1.2, 1.3) --
     FieldSpec(
@@ -635,6 +690,24 @@ FIELDS: tuple[FieldSpec, ...] = (
         keep_one_way=_keep_visible,
         connector_column=True,
     ),
+    # -- FY26 co-sell fields (values: shared/partner_center/taxonomy) and the customer's marketplace intent --
+    _taxonomy_field("solution_area", "solutionArea"),
+    _taxonomy_field("solution_play", "solutionPlay"),
+    _taxonomy_field("partner_role", "partnerRole"),
+    FieldSpec(
+        name="marketplace_intent",
+        label="customer marketplace intent",
+        direction="both",
+        read_pc=lambda referral, _: _attribute(referral, contract().create["marketplace_intent"]["type"]),
+        read_crm=lambda record, _: text(record.connector.marketplace_intent),
+        pc_path=("details", "requirements", "additionalRequirements", "attributes"),
+        # None: the seller has not said, which Partner Center takes as HaveNotDecided
+        to_wire=lambda value: [contract().marketplace_intent(value)],
+        crm_columns=_column("marketplace_intent"),
+        problems=_marketplace_intent_problems,
+        required_for="every",
+        connector_column=True,
+    ),
     # -- CRM -> Partner Center: the partner team is the record owner; never written to the CRM owner --
     FieldSpec(
         name="team",
@@ -754,7 +827,9 @@ def reference_table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for item in FIELDS:
-        required = {"every": "every referral", "cosell": "co-sell", None: "-"}[item.required_for]
+        required = {"every": "every referral", "cosell": "co-sell", "new_cosell": "new co-sell", None: "-"}[
+            item.required_for
+        ]
         write = {"crm_to_pc": "none (the record owner)", "status": "stage / state (each adapter's stage map)"}.get(
             item.direction, item.crm_write
         )

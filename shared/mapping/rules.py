@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from shared.crm.port import CrmObjectKind
 from shared.mapping.fields import FIELDS, View, asks_microsoft_for_help
+from shared.mapping.taxonomy import taxonomy
 from shared.model.referral import Referral
 
 __all__ = ["asks_microsoft_for_help", "crm_object_for", "partner_center_problems"]
@@ -22,18 +23,23 @@ def crm_object_for(referral: Referral) -> CrmObjectKind:
     return "lead" if referral.kind() in ("marketplace_lead", "qualified_lead") else "opportunity"
 
 
-def partner_center_problems(view: View, *, accept_country_names: bool) -> list[str]:
+def partner_center_problems(view: View, *, accept_country_names: bool, creating: bool = False) -> list[str]:
     """What stops Partner Center from accepting this deal, in words a seller can act on.
 
     `view` is the neutral view of what would be sent. Every referral needs a name and a customer
     with a two-letter country; a co-sell (help requested) also needs a valid help value, a customer
-    contact with an email, at least one solution, a deal value above 0 with a currency, and a close
-    date (SPEC 1.3). A field the view has no opinion on (a single-currency CRM's currency) is not
+    contact with an email, at least one solution, a deal value above 0 with a currency, a close
+    date (SPEC 1.3), and a current Solution Area, Solution Play (of that area) and Partner Role
+    (shared/partner_center/taxonomy) when `creating` it (Partner Center takes those on create only). A field the view has no opinion on (a single-currency CRM's currency) is not
     checked.
     """
     checked = {"every", "cosell"} if asks_microsoft_for_help(view) else {"every"}
+    if creating and "cosell" in checked:
+        checked.add("new_cosell")
     problems: list[str] = []
     for spec in FIELDS:
         if spec.problems is not None and spec.required_for in checked and spec.name in view:
             problems.extend(spec.problems(view[spec.name], accept_country_names))
+    if "new_cosell" in checked:
+        problems.extend(taxonomy().play_problems(view.get("solution_area"), view.get("solution_play")))
     return problems

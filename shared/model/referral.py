@@ -265,6 +265,10 @@ class Referral(WireModel):
     tracking_info: TrackingInfo | None = None
     links: Links | None = None
     registrations: list[dict[str, Any]] = Field(default_factory=list)
+    # Required on services co-sell referrals (FY26 taxonomy, shared/partner_center/taxonomy); see contract.json.
+    partner_role: str | None = None
+    solution_area: str | None = None
+    solution_play: str | None = None
 
     @property
     def is_closed(self) -> bool:

@@ -435,7 +435,9 @@ class SyncEngine:
     def _create_in_pc(self, record: CrmRecord, link: Link | None) -> None:
         ref = record.ref
         view = self._crm_view(record)
-        problems = rules.partner_center_problems(view, accept_country_names=self.settings.accept_country_names)
+        problems = rules.partner_center_problems(
+            view, accept_country_names=self.settings.accept_country_names, creating=True
+        )
         if problems and not (link and link.referral_id):
             self._refuse_new(record, link, "Not sent to Partner Center: " + "; ".join(problems))
             return

@@ -15,9 +15,12 @@ from sandbox.dataverse import SELLER_USER_ID, Caller, DataverseSimulator
 from sandbox.server import Fault, RunningServer
 from shared.crm.dynamics import (
     HELP_NEEDED_OPTIONS,
+    MARKETPLACE_INTENT_OPTIONS,
+    OPTION_VALUE_PREFIX,
     REFERRAL_RESPONSE_OPTIONS,
     SYNC_STATUS_OPTIONS,
     DynamicsCrm,
+    choice_options,
 )
 from shared.crm.dynamics_http import DataverseConflictError, DataverseHttp
 from shared.crm.dynamics_schema import load_schema
@@ -26,6 +29,7 @@ from shared.crm.port import (
     CrmAccount,
     CrmContact,
     CrmNotFoundError,
+    CrmObjectKind,
     CrmPort,
     CrmRef,
     CrmSolution,
@@ -85,8 +89,12 @@ def test_choice_values_match_the_schema_file() -> None:
         ("pcs_helpneeded", HELP_NEEDED_OPTIONS),
         ("pcs_referralresponse", REFERRAL_RESPONSE_OPTIONS),
         ("pcs_syncstatus", SYNC_STATUS_OPTIONS),
+        ("pcs_marketplaceintent", MARKETPLACE_INTENT_OPTIONS),
     ):
         assert {option.label: option.value for option in columns[column].options} == options
+    assert schema.publisher.customization_option_value_prefix == OPTION_VALUE_PREFIX
+    for column in ("pcs_solutionarea", "pcs_solutionplay", "pcs_partnerrole"):  # the taxonomy's, numbered alike
+        assert {option.label: option.value for option in columns[column].options} == choice_options(column)
 
 
 def test_upsert_by_referral_id_creates_once_then_updates(crm: DynamicsCrm, dataverse: DataverseSimulator) -> None:
@@ -118,6 +126,35 @@ def test_upsert_by_referral_id_creates_once_then_updates(crm: DynamicsCrm, datav
     assert record.connector.sync_enabled
     assert record.modified_by_integration
     assert not record.stage.is_closed
+
+
+@pytest.mark.parametrize("kind", ["opportunity", "lead"])
+def test_fy26_cosell_fields_and_marketplace_intent_round_trip(
+    crm: DynamicsCrm, dataverse: DataverseSimulator, kind: CrmObjectKind
+) -> None:
+    base = (
+        RecordUpdate(name="Taxonomy deal", close_date=dt.date(2026, 12, 1))
+        if kind == "opportunity"
+        else RecordUpdate(lead_company="Taxonomy Ltd", lead_last_name="Akers")
+    )
+    created = crm.upsert_by_referral_id(kind, f"ref-taxonomy-{kind}", base)
+    crm.update_fields(
+        created.ref,
+        RecordUpdate(
+            solution_area="Security", solution_play="Data Security", partner_role="Advisory", marketplace_intent="No"
+        ),
+    )
+    connector = crm.read(created.ref).connector
+    assert (connector.solution_area, connector.solution_play, connector.partner_role) == (
+        "Security",
+        "Data Security",
+        "Advisory",
+    )
+    assert connector.marketplace_intent == "No"
+    (row,) = rows(dataverse, kind)
+    assert isinstance(row["pcs_solutionarea"], int)  # a choice's number, as Dataverse stores it
+    with pytest.raises(CrmValidationError, match="pcs_partnerrole"):
+        crm.update_fields(created.ref, RecordUpdate(partner_role="Reseller"))
 
 
 def test_a_patch_on_a_deleted_record_is_not_found_and_creates_nothing(

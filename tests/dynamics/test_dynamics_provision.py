@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import io
+from pathlib import Path
 
 from sandbox.dataverse import DataverseSimulator
 from sandbox.server import RunningServer
 from shared.crm.dynamics import DynamicsCrm
 from shared.crm.dynamics_commands import provision, register
 from shared.crm.port import RecordUpdate
+from shared.mapping.taxonomy import load
 from tests.dynamics.test_dynamics_adapter import dynamics_settings
+from tests.unit.test_cosell_fields_2026 import next_fiscal_year
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -95,3 +98,25 @@ def test_register_adds_the_dynamics_command_group() -> None:
     arguments = parser.parse_args(["dynamics", "provision", "--check"])
     assert arguments.check is True
     assert callable(arguments.handler)
+
+
+def test_a_new_taxonomy_file_adds_its_choices_by_provisioning_alone(
+    identity_server: RunningServer, bare_dataverse_server: RunningServer, ca_bundle: str, tmp_path: Path
+) -> None:
+    settings = dynamics_settings(identity_server.url, bare_dataverse_server.url, ca_bundle)
+    assert provision(settings, io.StringIO(), check=False) == 0
+    bare = bare_dataverse_server.simulator
+    assert isinstance(bare, DataverseSimulator)
+    before = dict(bare.tables["opportunity"].columns["pcs_solutionarea"].options)
+    assert "Security" in before.values() and "Modern Work" in before.values()  # retired: still readable
+
+    fy27 = load(next_fiscal_year(tmp_path))
+    report = io.StringIO()
+    assert provision(settings, report, check=True, values=fy27) == 1
+    assert "add option 'Security and Identity'" in report.getvalue()
+    assert provision(settings, io.StringIO(), check=False, values=fy27) == 0
+    after = bare.tables["opportunity"].columns["pcs_solutionarea"].options
+    assert {value: after[value] for value in before} == before  # no existing option renumbered or dropped
+    assert "Security and Identity" in after.values()
+    assert "Identity First" in bare.tables["lead"].columns["pcs_solutionplay"].options.values()
+    assert provision(settings, io.StringIO(), check=True, values=fy27) == 0

@@ -36,6 +36,10 @@ _CONNECTOR = (
     "decline_reason",
     "referral_status",
     "microsoft_crm_id",
+    "solution_area",
+    "solution_play",
+    "partner_role",
+    "marketplace_intent",
 )
 _PLAIN = ("name", "deal_value", "currency", "close_date", "notes", "owner_id")
 OPEN_STAGE = "Develop"

@@ -97,6 +97,9 @@ class World:
             "sync_enabled": True,
             "help_needed": help_needed,
             "visible_to_microsoft": True,
+            "solution_area": "Cloud and AI Platforms",
+            "solution_play": "Migrate and Modernize your Estate",
+            "partner_role": "Implementation",
         }
         values.update(fields)
         contacts = values.pop("contacts", [CrmContact(last_name="Akers", email="kim@fabrikam.example")])

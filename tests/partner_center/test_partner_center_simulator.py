@@ -84,6 +84,28 @@ def test_create_get_and_documented_validation(api: httpx.Client) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "itemNotFound"
 
 
+def test_a_services_cosell_without_a_current_fy26_value_is_refused(api: httpx.Client) -> None:
+    no_role = create_request(partner_role=None)
+    refused = api.post("/referrals", json=no_role)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["code"], error["target"]) == ("invalidRequest", "partnerRole")
+    assert error["message"] == "partnerRole is required for a services co-sell referral (FY26 taxonomy)."
+    retired = api.post("/referrals", json=create_request(solution_area="Modern Work"))
+    assert retired.status_code == 400
+    assert retired.json()["error"]["message"] == "'Modern Work' is not a valid solutionArea for FY26."
+    # the other plausible form (contract.json's note): typed additionalRequirements attributes
+    as_attributes = create_request(solution_play=None)
+    as_attributes["details"]["requirements"]["additionalRequirements"]["attributes"].append(
+        {"id": "Unify your Data Platform", "type": "SolutionPlay"}
+    )
+    created = api.post("/referrals", json=as_attributes)
+    assert created.status_code == 200, created.text
+    assert created.json()["solutionArea"] == "Cloud and AI Platforms"
+    private = create_request(help_needed=None, visible=False, solution_area=None, solution_play=None, partner_role=None)
+    assert api.post("/referrals", json=private).status_code == 200
+
+
 def test_patch_if_match_prefer_and_transitions(api: httpx.Client) -> None:
     referral = api.post("/referrals", json=create_request()).json()
     path = f"/referrals/{referral['id']}"

@@ -30,6 +30,9 @@ CO_SELL_DEAL: View = {
     "solutions": [{"id": "SOL-5678-EFGH", "name": "Contoso Lakehouse Accelerator"}],
     "help_needed": "ProofOfConceptOrDemo",
     "visible": True,
+    "solution_area": "Cloud and AI Platforms",
+    "solution_play": "Unify your Data Platform",
+    "partner_role": "Implementation",
 }
 """A co-sell deal as a CRM says it (neutral fields), asking Microsoft for a proof of concept."""
 

@@ -15,6 +15,7 @@ from shared.crm.port import (
     CrmAccount,
     CrmAuthError,
     CrmContact,
+    CrmObjectKind,
     CrmPort,
     CrmRef,
     CrmSolution,
@@ -318,3 +319,27 @@ def test_lead_read_and_conversion_detection(sf_server: RunningServer) -> None:
     assert record.stage.is_qualified and record.stage.converted_opportunity_id == converted["opportunityId"]
     with pytest.raises(CrmValidationError):
         adapter.close(ref, won=True)
+
+
+@pytest.mark.parametrize("kind", ["opportunity", "lead"])
+def test_fy26_cosell_fields_and_marketplace_intent_round_trip(sf_server: RunningServer, kind: CrmObjectKind) -> None:
+    adapter = make_adapter(sf_server)
+    base = (
+        RecordUpdate(name="Taxonomy deal", close_date=dt.date(2026, 12, 1))
+        if kind == "opportunity"
+        else RecordUpdate(lead_company="Taxonomy Ltd", lead_last_name="Akers")
+    )
+    cosell = RecordUpdate(
+        solution_area="Security", solution_play="Data Security", partner_role="Advisory", marketplace_intent="Yes"
+    )
+    created = adapter.upsert_by_referral_id(kind, f"ref-taxonomy-{kind}", base)
+    adapter.update_fields(created.ref, cosell)
+    connector = adapter.read(created.ref).connector
+    assert (connector.solution_area, connector.solution_play, connector.partner_role) == (
+        "Security",
+        "Data Security",
+        "Advisory",
+    )
+    assert connector.marketplace_intent == "Yes"
+    with pytest.raises(CrmValidationError, match="marketplace_intent|Marketplace"):
+        adapter.update_fields(created.ref, RecordUpdate(marketplace_intent="Perhaps"))  # a restricted picklist

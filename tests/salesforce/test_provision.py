@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from sandbox.server import RunningServer
 from shared.crm.salesforce_commands import provision, register
 from shared.crm.salesforce_schema import load_objects
+from shared.mapping.taxonomy import load
 from tests.salesforce.conftest import adapter_settings, make_adapter, simulator
+from tests.unit.test_cosell_fields_2026 import next_fiscal_year
 
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
@@ -76,3 +79,27 @@ def test_register_adds_the_command_group() -> None:
     register(parser.add_subparsers(dest="command"))
     arguments = parser.parse_args(["salesforce", "provision", "--check"])
     assert arguments.check is True and callable(arguments.handler)
+
+
+def test_a_new_taxonomy_file_updates_the_picklists_by_provisioning_alone(
+    fresh_org_server: RunningServer, tmp_path: Path
+) -> None:
+    settings = adapter_settings(fresh_org_server)
+    assert provision(settings, io.StringIO(), adapter=make_adapter(fresh_org_server)) == 0
+    sim = simulator(fresh_org_server)
+    with sim.lock:
+        area = sim.objects["Opportunity"].field("PCS_Solution_Area__c")
+        assert area is not None and area.picklist == ["AI Business Solutions", "Cloud and AI Platforms", "Security"]
+
+    fy27 = load(next_fiscal_year(tmp_path))
+    report = io.StringIO()
+    assert provision(settings, report, check=True, adapter=make_adapter(fresh_org_server), values=fy27) == 1
+    assert "update   CustomField Opportunity.PCS_Solution_Area__c: picklist values" in report.getvalue()
+    assert "update   CustomField Lead.PCS_Partner_Role__c: picklist values" in report.getvalue()
+    assert provision(settings, io.StringIO(), adapter=make_adapter(fresh_org_server), values=fy27) == 0
+    with sim.lock:
+        area = sim.objects["Opportunity"].field("PCS_Solution_Area__c")
+        role = sim.objects["Lead"].field("PCS_Partner_Role__c")
+        assert area is not None and "Security and Identity" in area.picklist and "Security" not in area.picklist
+        assert role is not None and "Licensing" not in role.picklist  # retired: deactivated, not offered
+    assert provision(settings, io.StringIO(), check=True, adapter=make_adapter(fresh_org_server), values=fy27) == 0

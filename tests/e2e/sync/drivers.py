@@ -29,6 +29,7 @@ from shared.crm.dynamics import (
     REFERRAL_RESPONSE_OPTIONS,
     SYNC_STATUS_OPTIONS,
 )
+from shared.crm.dynamics_schema import load_schema
 from shared.crm.port import CrmObjectKind
 from shared.partner_center.contract import contract
 from shared.settings import Settings
@@ -298,6 +299,19 @@ class Seller(Protocol):
     def records_named(self, kind: CrmObjectKind, name_prefix: str) -> list[RawRecord]: ...
 
 
+# What a seller picks from the FY26 taxonomy on a co-sell (shared/partner_center/taxonomy): Partner Center
+# refuses a new co-sell without them.
+COSELL_TAXONOMY = {
+    "solution_area": "Cloud and AI Platforms",
+    "solution_play": "Migrate and Modernize your Estate",
+    "partner_role": "Implementation",
+}
+
+
+def _taxonomy_for(help_needed: str | None) -> dict[str, str]:
+    return COSELL_TAXONOMY if help_needed not in (None, "Unknown") else {}
+
+
 # Neutral field names the scenarios use -> each CRM's field.
 _SALESFORCE_FIELDS = {
     "name": "Name",
@@ -307,6 +321,9 @@ _SALESFORCE_FIELDS = {
     "notes": "Description",
     "sync": "PCS_Sync_With_Partner_Center__c",
     "help_needed": "PCS_Help_Needed__c",
+    "solution_area": "PCS_Solution_Area__c",
+    "solution_play": "PCS_Solution_Play__c",
+    "partner_role": "PCS_Partner_Role__c",
     "visible": "PCS_Visible_To_Microsoft__c",
     "referral_response": "PCS_Referral_Response__c",
     "decline_reason": "PCS_Decline_Reason__c",
@@ -393,6 +410,7 @@ class SalesforceSeller:
                 "close_date": close_date or dt.date(2027, 6, 30),  # CloseDate is required in Salesforce
                 "notes": notes,
                 "help_needed": help_needed,
+                **_taxonomy_for(help_needed),
                 "visible": visible,
                 "stage": self.settings.salesforce_active_stage,
             }
@@ -508,11 +526,19 @@ _DATAVERSE_COLUMNS = {
     "notes": "description",
     "sync": "pcs_syncwithpartnercenter",
     "help_needed": "pcs_helpneeded",
+    "solution_area": "pcs_solutionarea",
+    "solution_play": "pcs_solutionplay",
+    "partner_role": "pcs_partnerrole",
     "visible": "pcs_visibletomicrosoft",
     "referral_response": "pcs_referralresponse",
     "decline_reason": "pcs_declinereason",
     "referral_id": "pcs_referralid",
 }
+
+
+def _dataverse_option(column: str, label: str) -> int:
+    (found,) = (item for item in load_schema().table("opportunity").columns if item.logical_name == column)
+    return next(option.value for option in found.options if option.label == label)
 
 
 class DynamicsSeller:
@@ -552,6 +578,8 @@ class DynamicsSeller:
                 value = HELP_NEEDED_OPTIONS[value] if value else None
             elif name == "referral_response":
                 value = REFERRAL_RESPONSE_OPTIONS[value] if value else None
+            elif name in COSELL_TAXONOMY:
+                value = _dataverse_option(_DATAVERSE_COLUMNS[name], value) if value else None
             elif isinstance(value, Decimal):
                 value = float(value)
             elif isinstance(value, dt.date):
@@ -607,6 +635,7 @@ class DynamicsSeller:
                 "close_date": close_date,
                 "notes": notes,
                 "help_needed": help_needed,
+                **_taxonomy_for(help_needed),
                 "visible": visible,
                 **({"currency": currency} if currency else {}),
             },
