@@ -698,10 +698,17 @@ FIELDS: tuple[FieldSpec, ...] = (
         name="marketplace_intent",
         label="customer marketplace intent",
         direction="both",
-        read_pc=lambda referral, _: _attribute(referral, contract().create["marketplace_intent"]["type"]),
-        read_crm=lambda record, _: text(record.connector.marketplace_intent),
+        # Not stated (a seller's empty field, a referral Microsoft shared without the attribute) is
+        # what Partner Center takes, and we send, as HaveNotDecided: both sides read it so, or every
+        # such pair would differ on this field forever.
+        read_pc=lambda referral, _: (
+            _attribute(referral, contract().create["marketplace_intent"]["type"])
+            or contract().create["marketplace_intent"]["default"]
+        ),
+        read_crm=lambda record, _: (
+            text(record.connector.marketplace_intent) or contract().create["marketplace_intent"]["default"]
+        ),
         pc_path=("details", "requirements", "additionalRequirements", "attributes"),
-        # None: the seller has not said, which Partner Center takes as HaveNotDecided
         to_wire=lambda value: [contract().marketplace_intent(value)],
         crm_columns=_column("marketplace_intent"),
         problems=_marketplace_intent_problems,

@@ -316,7 +316,10 @@ def test_dry_run_reports_every_kind_of_difference_and_apply_queues_exactly_those
     code, printed = backfill.cli("--dry-run", "--since", since, "--report", str(tmp_path / "after.csv"))
     assert code == 0 and "Syncs to queue: 0" in printed, printed
     after = report_rows(tmp_path / "after.csv")
-    assert [row["category"] for row in after if not row["field"]] == ["orphan"]  # a person must decide
+    assert [row["category"] for row in after if not row["field"]] == ["orphan"], [
+        {k: v for k, v in row.items() if k in ("category", "field", "partner_center_value", "crm_value", "action")}
+        for row in after
+    ]  # a person must decide
 
 
 def test_unknown_ids_give_a_clear_message_and_change_nothing(backfill: Backfill, empty_sync_queues: None) -> None:
